@@ -1,0 +1,94 @@
+"""The project's whole test run: notebooks clean and exported, `nbdev_test` on every notebook, `pytest tests/`.
+
+Prints one closing line `N passed, N failed` (notebooks and pytest tests together) and exits non-zero on any
+failure. Run it through `make test`, which creates the virtual environment first.
+"""
+from __future__ import annotations
+import argparse, os, re, subprocess, sys, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    print(f"$ {' '.join(cmd)}", flush=True)
+    return subprocess.run(cmd, cwd=ROOT, text=True, **kwargs)
+
+
+def git_state() -> str:
+    "Tracked changes and untracked files, to compare before and after clean/export."
+    diff = run(['git', 'diff', '--binary'], capture_output=True).stdout
+    status = run(['git', 'status', '--porcelain', '--untracked-files=all'], capture_output=True).stdout
+    return diff + status
+
+
+def check_clean_and_exported() -> list[str]:
+    "Names of the checks that changed files: nbdev_clean and nbdev_export must be no-ops."
+    failed = []
+    for tool in ('nbdev_clean', 'nbdev_export'):
+        before = git_state()
+        if run([str(BIN / tool)]).returncode != 0: failed.append(f'{tool} (crashed)'); continue
+        if git_state() != before:
+            print(run(['git', 'status', '--short'], capture_output=True).stdout)
+            print(f"FAILED: {tool} changed files: commit its result", flush=True)
+            failed.append(tool)
+    return failed
+
+
+def notebooks() -> list[Path]:
+    return sorted(p for p in (ROOT / 'nbs').glob('*.ipynb') if not p.name.startswith('_'))
+
+
+def run_nbdev_test(flags: str) -> tuple[int, list[str]]:
+    "(passed, failed notebook names)."
+    nbs = notebooks()
+    cmd = [str(BIN / 'nbdev_test'), '--do_print', '--timing']
+    if flags: cmd += ['--flags', flags]
+    proc = run(cmd, capture_output=True)
+    out = proc.stdout + proc.stderr
+    print(out, flush=True)
+    failed = []
+    if 'nbdev Tests Failed On The Following Notebooks' in out:
+        tail = out.split('nbdev Tests Failed On The Following Notebooks:')[1]
+        failed = re.findall(r'^\s+(\S+\.ipynb)\s*$', tail, flags=re.M)
+    elif proc.returncode != 0:
+        failed = ['nbdev_test (crashed)']
+    return len(nbs) - len([f for f in failed if f.endswith('.ipynb')]), failed
+
+
+def run_pytest(args: list[str]) -> tuple[int, int, int]:
+    "(passed, failed, skipped) of pytest."
+    if not list((ROOT / 'tests').glob('test_*.py')): return 0, 0, 0
+    proc = run([str(BIN / 'pytest'), 'tests', '-q', '-p', 'no:cacheprovider', *args], capture_output=True)
+    out = proc.stdout + proc.stderr
+    print(out, flush=True)
+    summary = out.strip().splitlines()[-1] if out.strip() else ''
+    count = lambda word: sum(int(n) for n in re.findall(rf'(\d+) {word}', summary))
+    passed, failed, skipped = count('passed'), count('failed') + count('error'), count('skipped')
+    if proc.returncode not in (0, 5) and failed == 0: failed = 1  # pytest itself broke
+    return passed, failed, skipped
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument('--flags', default='', help="nbdev_test flags to run, e.g. 'slow' or 'slow cuda'")
+    ap.add_argument('--skip-clean-check', action='store_true')
+    ap.add_argument('pytest_args', nargs='*')
+    a = ap.parse_args()
+    t0 = time.time()
+    failures = [] if a.skip_clean_check else check_clean_and_exported()
+    nb_passed, nb_failed = run_nbdev_test(a.flags)
+    py_passed, py_failed, py_skipped = run_pytest(a.pytest_args)
+    passed = nb_passed + py_passed + (0 if a.skip_clean_check else 2 - len(failures))
+    failed = len(nb_failed) + py_failed + len(failures)
+    print(f"\nnotebooks: {nb_passed} passed, {len(nb_failed)} failed {nb_failed or ''}")
+    print(f"pytest: {py_passed} passed, {py_failed} failed, {py_skipped} skipped")
+    print(f"clean/export checks: {'failed ' + str(failures) if failures else 'passed'}")
+    print(f"wall time: {time.time() - t0:.0f} s")
+    print(f"{passed} passed, {failed} failed" + (f", {py_skipped} skipped" if py_skipped else ''))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == '__main__':
+    main()
