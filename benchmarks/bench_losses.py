@@ -32,7 +32,10 @@ def main():
     logits = (torch.randn(N, C, generator=g) * 2 - 4).to(dev).requires_grad_()
     labels = torch.where(torch.rand(N, generator=g) < a.fg, torch.randint(0, C, (N,), generator=g), C).to(dev)
     onehot = _one_hot(labels, C)
-    counts = torch.randint(1, 5000, (C,), generator=g)  # LVIS-like: many rare classes
+    # LVIS v1 shape: 337 rare (1-10 images), 461 common (11-100), frequent (> 100) of 100k training images
+    n_r, n_c = round(C * 337 / 1203), round(C * 461 / 1203)
+    counts = torch.cat([torch.randint(1, 11, (n_r,), generator=g), torch.randint(11, 101, (n_c,), generator=g),
+                        torch.randint(101, 20_000, (C - n_r - n_c,), generator=g)])
     gumbel, gumbel_lbl = GumbelBCE(C).to(dev), GumbelBCE(C).to(dev)
     gol = GOL(C, counts, num_images=100_000, generator=torch.Generator(dev).manual_seed(0)).to(dev)
     gumbel_fused = GumbelBCE(C, fused=True).to(dev)
