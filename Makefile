@@ -26,7 +26,8 @@ test-slow: $(STAMP)
 # The main job: the training notebook, headless, on the embedded synthetic data set.
 demo: $(STAMP)
 	mkdir -p $(OUT)
-	$(BIN)/papermill nbs/01_losses.ipynb $(OUT)/01_losses.ipynb
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/papermill -k python3 --language python nbs/05_train_gol.ipynb $(OUT)/05_train_gol.ipynb \
+		-p preset demo_cpu -p smoke False -p output_dir $(OUT)/demo_cpu
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_losses.py
