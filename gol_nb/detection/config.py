@@ -122,12 +122,14 @@ _LVIS_V05 = dict(train_ann='data/lvis/lvis_v0.5_train.json', train_images='data/
                  val_ann='data/lvis/lvis_v0.5_val.json', val_images='data/coco/val2017')
 _STUDY = dict(epochs=12, steps=[8, 11], cosine_mask=False, nms_thresh=0.5, **_LVIS_V1)  # activation study (Table 1)
 
+_FUSED = {'gumbel': dict(loss_kwargs={'fused': True})}  # GPU runs: the Gumbel loss as one compiled kernel
+
 PRESETS: dict[str, dict] = {
-    'gol_r50_lvis_v1_2x': dict(loss='gol', backbone='resnet50', loss_kwargs={'lambda_': 0.0011}, **_LVIS_V1),
-    'gol_r101_lvis_v1_2x': dict(loss='gol', backbone='resnet101', loss_kwargs={'lambda_': 0.0011}, **_LVIS_V1),
-    'gol_r50_lvis_v05_2x': dict(loss='gol', backbone='resnet50', loss_kwargs={'lambda_': 0.00177}, **_LVIS_V05),
-    **{f'{a}_r50_1x': dict(loss=a, backbone='resnet50', rfs=False, **_STUDY) for a in ('softmax', 'sigmoid', 'gumbel')},
-    **{f'{a}_r50_rfs_1x': dict(loss=a, backbone='resnet50', rfs=True, **_STUDY) for a in ('softmax', 'sigmoid', 'gumbel')},
+    'gol_r50_lvis_v1_2x': dict(loss='gol', backbone='resnet50', loss_kwargs={'lambda_': 0.0011, 'fused': True}, **_LVIS_V1),
+    'gol_r101_lvis_v1_2x': dict(loss='gol', backbone='resnet101', loss_kwargs={'lambda_': 0.0011, 'fused': True}, **_LVIS_V1),
+    'gol_r50_lvis_v05_2x': dict(loss='gol', backbone='resnet50', loss_kwargs={'lambda_': 0.00177, 'fused': True}, **_LVIS_V05),
+    **{f'{a}_r50_1x': dict(loss=a, backbone='resnet50', rfs=False, **_STUDY, **_FUSED.get(a, {})) for a in ('softmax', 'sigmoid', 'gumbel')},
+    **{f'{a}_r50_rfs_1x': dict(loss=a, backbone='resnet50', rfs=True, **_STUDY, **_FUSED.get(a, {})) for a in ('softmax', 'sigmoid', 'gumbel')},
     'demo_cpu': dict(loss='gol', backbone='resnet18', pretrained='', norm='bn', fpn_channels=64, box_head_dim=256,
                      mask_head_dim=64, rois_per_image=64, rpn_post_nms_train=200, rpn_post_nms_test=100,
                      train_scales=[112, 128, 144], max_size=192, test_size=128, detections_per_img=100,
