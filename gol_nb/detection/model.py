@@ -66,8 +66,9 @@ class CosineMaskPredictor(MaskRCNNPredictor):
     def forward(self, x: torch.Tensor # (N, in_channels, 14, 14) mask features
                ) -> torch.Tensor:      # (N, num_classes, 28, 28) mask logits
         x = F.relu(self.conv5_mask(x))
-        w = F.normalize(self.mask_fcn_logits.weight, dim=1)
-        return self.scale * F.conv2d(F.normalize(x, dim=1), w) + self.mask_fcn_logits.bias.view(1, -1, 1, 1)
+        # the temperature goes into the (small) weight and the bias into the conv: no extra pass over the (N, C+1, 28, 28) logits
+        w = self.scale * F.normalize(self.mask_fcn_logits.weight, dim=1)
+        return F.conv2d(F.normalize(x, dim=1), w, self.mask_fcn_logits.bias)
 
 # %% ../../nbs/04a_detection.model.ipynb #b597bf8f
 class LossRoIHeads(RoIHeads):
