@@ -207,7 +207,7 @@ def train_stage(model: LTClassifier, # model (unwrapped), on `dist.device`
         n_it = len(loader) if not cfg.max_iters else min(len(loader), cfg.max_iters)
         if s2: model.eval()  # features frozen in eval mode: BN statistics unchanged
         else: model.train()
-        tot, n, t0 = 0.0, 0, time.time()
+        tot, n, t0 = torch.zeros((), dtype=torch.float64, device=dist.device), 0, time.time()  # summed on the device: no sync per step
         bar = tqdm(loader, total=n_it, desc=f'stage {stage} epoch {epoch + 1}/{epochs}', disable=not (main and cfg.progress), leave=False)
         for i, (x, y) in enumerate(bar):
             if i >= n_it: break
@@ -220,11 +220,11 @@ def train_stage(model: LTClassifier, # model (unwrapped), on `dist.device`
             else: logits = trainable(x)
             loss = loss_fn(logits, y)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-            tot += loss.item() * len(y); n += len(y)
+            tot += loss.detach().double() * len(y); n += len(y)
             if i % 10 == 0: bar.set_postfix(loss=f'{loss.item():.3f}', lr=f'{lr:.2g}')
         bar.close()
         if main:
-            rec = dict(stage=stage, epoch=epoch + 1, loss=tot / max(n, 1), lr=lr if n else base_lr, seconds=time.time() - t0)
+            rec = dict(stage=stage, epoch=epoch + 1, loss=tot.item() / max(n, 1), lr=lr if n else base_lr, seconds=time.time() - t0)
             if logger is not None: logger.log(rec)
             state = dict(stage=stage, epoch=epoch + 1, model=model.state_dict(), optimizer=opt.state_dict(), config=asdict(cfg), **(extra_state or {}))
             save_checkpoint(run_dir, state, f'stage{stage}_epoch{epoch + 1:04d}', keep=2)
