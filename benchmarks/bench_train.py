@@ -1,9 +1,10 @@
 """Training-iteration time of Mask R-CNN with the GOL head against torchvision's stock head.
 
-Same backbone (ResNet-FPN, frozen BN), same RPN, same inputs; the only difference is the RoI
-heads: GOL = `LossRoIHeads` (Gumbel + DropLoss classification over C channels, class-specific
-L1 box loss, cosine mask predictor) vs torchvision's `RoIHeads` (softmax over C+1, smooth-L1).
-Repetitions are interleaved (stock, GOL, stock, GOL, ...) and the medians compared.
+Same backbone (ResNet-FPN, random weights), same inputs. GOL = the gol_nb detector as mmdetection builds it
+(`LossRoIHeads`: Gumbel + DropLoss classification over C channels, class-specific L1 box loss, cosine mask
+predictor, mask targets rasterised per RoI from polygons, RoIAlign aligned=True, L1 RPN box loss) vs torchvision's
+stock Mask R-CNN (softmax over C+1, smooth-L1, bitmap mask targets). Repetitions are interleaved (stock, GOL,
+stock, GOL, ...) and the medians compared.
 
     python benchmarks/bench_train.py [--backbone resnet50] [--size 512] [--classes 1203] [--reps 7]
 """
@@ -17,7 +18,7 @@ warnings.filterwarnings('ignore', message='backbone')
 
 def stock_detector(C, a):
     "torchvision's Mask R-CNN with the same backbone and sizes."
-    m = MaskRCNN(build_backbone(a.backbone, norm=a.norm), num_classes=C + 1, rpn_post_nms_top_n_train=1000,
+    m = MaskRCNN(build_backbone(a.backbone, 'none', norm=a.norm), num_classes=C + 1, rpn_post_nms_top_n_train=1000,
                  box_batch_size_per_image=512, box_detections_per_img=300, box_score_thresh=1e-4)
     m.transform = DetTransform(a.size, a.size)
     return m
@@ -25,8 +26,8 @@ def stock_detector(C, a):
 
 def gol_detector(C, a):
     counts = torch.randint(1, 1000, (C,)).float()
-    return build_detector(C, 'gol', dict(image_counts=counts, num_images=1000), backbone=a.backbone, norm=a.norm,
-                          rpn_post_nms_train=1000, test_size=a.size, max_size=a.size)
+    return build_detector(C, 'gol', dict(image_counts=counts, num_images=1000, lambda_='rare'), backbone=a.backbone,
+                          pretrained='none', norm=a.norm, rpn_post_nms_train=1000, test_size=a.size, max_size=a.size)
 
 
 def step_time(model, opt, imgs, tgts, sync):
@@ -62,7 +63,7 @@ def report(title, times):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--backbone', default='resnet50')
-    p.add_argument('--norm', default='bn', help="backbone norm ('bn': random weights stay finite; 'frozen_bn' as the paper)")
+    p.add_argument('--norm', default='bn', help="backbone norm ('bn': random weights stay finite; 'norm_eval' as the paper)")
     p.add_argument('--size', type=int, default=512, help='image side')
     p.add_argument('--batch', type=int, default=2, help='images per iteration')
     p.add_argument('--classes', type=int, default=1203, help='C (LVIS v1: 1203)')
@@ -76,7 +77,7 @@ def main():
     torch.manual_seed(0)
     imgs, tgts = tiny_targets(a.batch, a.size, a.classes, seed=0)
     imgs = [i.to(dev) for i in imgs]
-    tgts = [{k: v.to(dev) for k, v in t.items()} for t in tgts]
+    tgts = [{k: v.to(dev) if torch.is_tensor(v) else v for k, v in t.items()} for t in tgts]
     models = {}
     for name, make in (('stock', stock_detector), ('gol', gol_detector)):
         torch.manual_seed(0)

@@ -13,30 +13,36 @@ import torch.nn.functional as F
 from .activations import gumbel, log1mexp, Z_MIN, Z_SERIES
 
 # %% auto #0
-__all__ = ['REDUCTIONS', 'LOG2', 'GUMBEL_MODES', 'LOSSES', 'CLASS_STATS_LOSSES', 'weight_reduce_loss', 'gumbel_bce',
-           'gumbel_bce_official', 'prior_bias', 'ClassificationLoss', 'SoftmaxCE', 'SigmoidBCE', 'GumbelBCE',
-           'bernoulli_mask', 'ClassStatsLoss', 'EQL', 'DropLoss', 'FederatedLoss', 'GOL', 'build_loss']
+__all__ = ['REDUCTIONS', 'LOG2', 'GUMBEL_MODES', 'RARE_MAX_IMAGES', 'LOSSES', 'CLASS_STATS_LOSSES', 'GUMBEL_LOSSES',
+           'OFFICIAL_LOSSES', 'weight_reduce_loss', 'gumbel_bce', 'gumbel_bce_official', 'prior_bias',
+           'init_classifier', 'ClassificationLoss', 'SoftmaxCE', 'SigmoidBCE', 'GumbelBCE', 'bernoulli_mask',
+           'resolve_lambda', 'ClassStatsLoss', 'EQL', 'DropLoss', 'FederatedLoss', 'GOL', 'build_loss']
 
 # %% ../nbs/01_losses.ipynb #0a4fb55b
 REDUCTIONS = ('none', 'mean', 'sum')
 
+def _reduce_total(total: torch.Tensor,          # sum of the (weighted) element-wise loss
+                  count: int,                   # number of elements that sum covers
+                  reduction: str, avg_factor=None):
+    "'sum' -> total; 'mean' -> total / count, or total / avg_factor when given (mmdet: avg_factor + eps)."
+    if reduction == 'sum':
+        if avg_factor is not None: raise ValueError('avg_factor cannot be used with reduction="sum"')
+        return total
+    if avg_factor is None: return total / max(count, 1)
+    return total / (avg_factor + torch.finfo(torch.float32).eps)  # eps: an avg_factor of 0 gives 0, not NaN
+
 def weight_reduce_loss(loss: torch.Tensor,             # element-wise loss, (N,) or (N, C)
                        weight: torch.Tensor | None = None, # (N,) per row or (N, C) per element
                        reduction: str = 'mean',          # 'none', 'mean' or 'sum'
-                       avg_factor: float | torch.Tensor | None = None # divides the sum instead of the row count
+                       avg_factor: float | torch.Tensor | None = None # divides the sum instead of the element count
                       ) -> torch.Tensor:
-    "Weight `loss`, sum it over classes, then reduce over rows: the one reduction every loss here uses."
+    "Weight `loss`, then reduce it as mmdetection does: 'mean' is over all elements unless `avg_factor` is given."
     if reduction not in REDUCTIONS: raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
     if weight is not None:
         if loss.dim() == 2 and weight.dim() == 1: weight = weight[:, None]
         loss = loss * weight
     if reduction == 'none': return loss
-    rows = loss.sum(1) if loss.dim() == 2 else loss
-    if reduction == 'sum':
-        if avg_factor is not None: raise ValueError('avg_factor cannot be used with reduction="sum"')
-        return rows.sum()
-    if avg_factor is None: return rows.mean()
-    return rows.sum() / (avg_factor + torch.finfo(rows.dtype).eps)  # eps: an avg_factor of 0 gives 0, not NaN
+    return _reduce_total(loss.sum(), loss.numel(), reduction, avg_factor)
 
 # %% ../nbs/01_losses.ipynb #9858d5a1
 LOG2 = math.log(2.)
@@ -87,7 +93,8 @@ def _fused(*args):
     try: return _fused_kernel(*args)
     except Exception as e:  # no compiler / unsupported backend: same formula, eager, and say so once
         if _fused_kernel is not _gumbel_bce_dense:
-            warnings.warn(f"gumbel_bce(fused=True): torch.compile failed ({type(e).__name__}: {e}); running the same formula eagerly")
+            warnings.warn(f"gumbel_bce(fused=True): torch.compile failed ({type(e).__name__}: {e}); "
+                          "running the same formula eagerly")
             _fused_kernel = _gumbel_bce_dense
             return _fused_kernel(*args)
         raise
@@ -98,7 +105,8 @@ class _GumbelBCEFunction(torch.autograd.Function):
     def forward(ctx, q, y, weight, lo, hi, mu, beta, fused, sum_classes):
         ctx.sum_classes = sum_classes
         if fused:
-            loss, grad = _fused(q, y, weight, -math.inf if lo is None else lo, math.inf if hi is None else hi, mu, beta, sum_classes)
+            lo_, hi_ = -math.inf if lo is None else lo, math.inf if hi is None else hi
+            loss, grad = _fused(q, y, weight, lo_, hi_, mu, beta, sum_classes)
             ctx.save_for_backward(grad)
             return loss
         clamped = lo is not None or hi is not None
@@ -138,6 +146,7 @@ def gumbel_bce(q: torch.Tensor,                 # logits (N, C)
     "Element-wise Gumbel loss (Eq. 8) with the closed-form gradient (Eq. 9), optionally weighted and summed over classes."
     lo, hi = clamp if clamp is not None else (None, None)
     if beta <= 0: raise ValueError(f"gumbel_bce: beta must be > 0, got {beta}")
+    if y.is_floating_point() and y.dtype != q.dtype: y = y.to(q.dtype)  # fp16/bf16 targets
     return _GumbelBCEFunction.apply(q, y, weight, lo, hi, float(mu), float(beta), fused, sum_classes)
 
 # %% ../nbs/01_losses.ipynb #1b0f7e49
@@ -158,49 +167,55 @@ def prior_bias(activation: str, # 'gumbel' or 'sigmoid'
     if activation == 'sigmoid': return math.log(p / (1 - p))
     raise ValueError(f"prior_bias: activation must be 'gumbel' or 'sigmoid', got {activation!r}")
 
+def init_classifier(layer: nn.Linear, # the classification layer (fc_cls)
+                    init: dict        # {'type': 'Constant', 'val': w, 'bias': b} or {'type': 'Normal', 'std': s, ...}
+                   ) -> nn.Linear:
+    "Initialise `layer` from an mmdetection-style init dict (a loss's `classifier_init`)."
+    kind = init.get('type')
+    if kind == 'Constant': nn.init.constant_(layer.weight, init['val'])
+    elif kind == 'Normal': nn.init.normal_(layer.weight, init.get('mean', 0.), init['std'])
+    else: raise ValueError(f"init_classifier: init type must be 'Constant' or 'Normal', got {init!r}")
+    if layer.bias is not None: nn.init.constant_(layer.bias, init.get('bias', 0.))
+    return layer
+
+def _constant_init(w, b): return {'type': 'Constant', 'val': w, 'bias': b}
+def _normal_init(std, b): return {'type': 'Normal', 'std': std, 'bias': b}
+
 # %% ../nbs/01_losses.ipynb #3364db3c
 class ClassificationLoss(nn.Module):
     "Base of every loss here: input checks, label handling, the shared reduction, and what a head needs."
     activation: str = 'sigmoid'
     background_channel: bool = False
-    classifier_init: tuple[float, float] = (0.001, -6.5)  # (weight constant, bias constant) for detection heads
+    official_reduction: bool = False  # the authors' EQL/DropLoss: sum / N rows, weight and avg_factor ignored
 
     def __init__(self, num_classes: int,         # C, foreground classes
                  reduction: str = 'mean',        # default reduction: 'none', 'mean' or 'sum'
-                 loss_weight: float = 1.):       # multiplies the loss
+                 loss_weight: float = 1.,        # multiplies the loss
+                 background_label: bool = True): # label C marks a background row (False: classification)
         super().__init__()
-        if int(num_classes) != num_classes or num_classes < 1: raise ValueError(f"num_classes: expected a positive integer, got {num_classes!r}")
+        if int(num_classes) != num_classes or num_classes < 1:
+            raise ValueError(f"num_classes: expected a positive integer, got {num_classes!r}")
         if reduction not in REDUCTIONS: raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
         self.num_classes, self.reduction, self.loss_weight = int(num_classes), reduction, loss_weight
+        self.background_label = bool(background_label)
+        self._warned_convention = False
 
     @property
     def num_channels(self) -> int:
         "Classifier outputs the head must produce."
         return self.num_classes + self.background_channel
 
+    @property
+    def classifier_init(self) -> dict:
+        "mmdetection-style init of the classifier (see `init_classifier`)."
+        return _constant_init(0.001, -6.5)
+
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         "(N, C) per-class foreground scores from (N, num_channels) logits."
         return torch.sigmoid(logits)
 
-    def _check(self, logits, targets):
-        "Validate inputs; returns (labels or None, float targets or None)."
-        C = self.num_classes
-        if not torch.is_tensor(logits) or not logits.is_floating_point() or logits.dim() != 2 or logits.shape[1] != self.num_channels:
-            raise ValueError(f"{type(self).__name__}: logits: expected a float tensor of shape (N, {self.num_channels}), "
-                             f"got {tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}")
-        n = logits.shape[0]
-        if not torch.is_tensor(targets): raise ValueError(f"{type(self).__name__}: targets: expected a tensor, got {type(targets).__name__}")
-        if targets.is_floating_point():
-            if tuple(targets.shape) != (n, C): raise ValueError(f"{type(self).__name__}: targets: float targets must have shape ({n}, {C}), got {tuple(targets.shape)}")
-            if n and (targets.min() < 0 or targets.max() > 1): raise ValueError(f"{type(self).__name__}: targets: float targets must lie in [0, 1]")
-            return None, targets
-        if tuple(targets.shape) != (n,): raise ValueError(f"{type(self).__name__}: targets: labels must have shape ({n},), got {tuple(targets.shape)}")
-        if n and (targets.min() < 0 or targets.max() > C):
-            raise ValueError(f"{type(self).__name__}: targets: labels must lie in [0, {C}] ({C} = background), got range [{targets.min().item()}, {targets.max().item()}]")
-        return targets.long(), None
-
     def elementwise(self, logits, labels, targets) -> torch.Tensor:
-        "Element-wise loss: (N, C) for per-class losses, (N,) for Softmax."
+        "Element-wise loss: (N, num_channels) for per-class losses, (N,) for Softmax."
         raise NotImplementedError
 
     def element_weights(self, logits, labels, targets) -> torch.Tensor | None:
@@ -208,41 +223,110 @@ class ClassificationLoss(nn.Module):
         return None
 
     def row_losses(self, logits, labels, targets, weight) -> torch.Tensor:
-        "(N,) weighted loss of each row, summed over classes (a loss may fuse this)."
-        return weight_reduce_loss(self.elementwise(logits, labels, targets), weight, 'none').reshape(logits.shape[0], -1).sum(1)
+        "(N,) weighted loss of each row, summed over its elements (a loss may fuse this)."
+        loss = weight_reduce_loss(self.elementwise(logits, labels, targets), weight, 'none')
+        return loss.reshape(logits.shape[0], -1).sum(1)
 
-    def _raise_if_nan(self, logits):
-        if torch.isnan(logits).any(): raise ValueError(f"{type(self).__name__}: logits contain NaN")
+    def elementwise_shape(self, n): return (n, self.num_channels)
 
-    def _reduced_bounds(self): return None
+    def output_bounds(self):
+        "Clamp of the reduced (and element-wise) loss: only the authors' plain Gumbel CE has one."
+        return None
+
+    def _name(self): return type(self).__name__
+
+    def _check(self, logits, targets):
+        "Validate inputs; returns (labels or None, float32 targets or None, kept rows or None)."
+        C, name = self.num_classes, self._name()
+        if not torch.is_tensor(logits) or not logits.is_floating_point() or logits.dim() != 2 \
+                or logits.shape[1] != self.num_channels:
+            got = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+            raise ValueError(f"{name}: logits: expected a float tensor of shape (N, {self.num_channels}), got {got}")
+        n = logits.shape[0]
+        if not torch.is_tensor(targets):
+            raise ValueError(f"{name}: targets: expected a tensor, got {type(targets).__name__}")
+        if targets.is_floating_point():
+            if tuple(targets.shape) != (n, C):
+                raise ValueError(f"{name}: targets: float targets must have shape ({n}, {C}), got {tuple(targets.shape)}")
+            if n and not bool(((targets >= 0) & (targets <= 1)).all()):  # NaN fails both comparisons
+                if bool(torch.isnan(targets).any()): raise ValueError(f"{name}: targets contain NaN")
+                raise ValueError(f"{name}: targets: float targets must lie in [0, 1]")
+            return None, targets.float(), None
+        if tuple(targets.shape) != (n,):
+            raise ValueError(f"{name}: targets: labels must have shape ({n},), got {tuple(targets.shape)}")
+        if not n: return targets.long(), None, None
+        lo, hi = (int(v) for v in targets.aminmax())
+        top = C if self.background_label else C - 1
+        if lo < -1 or hi > top:
+            hint = ('' if self.background_label else
+                    f"; this loss was built with background_label=False (classification): labels are 0..{C - 1}, "
+                    "so 1..C labels (torchvision's numbering) must be shifted down by one")
+            raise ValueError(f"{name}: targets: labels must lie in [-1, {top}] (-1 = ignore"
+                             f"{f', {C} = background' if self.background_label else ''}), got range [{lo}, {hi}]{hint}")
+        labels = targets.long()
+        if self.background_label and hi < C and n >= 64 and not self._warned_convention:
+            if (labels == 0).float().mean() > .5:  # a detection batch without background rows but mostly label 0
+                self._warned_convention = True
+                warnings.warn(f"{name}: no row has the background label {C} but most rows have label 0: are these "
+                              "torchvision labels (0 = background, 1..C)? Convert them with "
+                              "gol_nb.detection.model.to_loss_labels (background = C).")
+        if lo >= 0: return labels, None, None
+        keep = labels >= 0  # ignored rows: any valid label (the background, or class 0), then weight 0
+        fill = C if (self.background_label or self.activation != 'softmax') else 0
+        return torch.where(keep, labels, torch.full_like(labels, fill)), None, keep
+
+    def _diagnose(self, logits, targets, weight):
+        "Raise the most specific error for a non-finite loss."
+        name = self._name()
+        if bool(torch.isnan(logits).any()): raise ValueError(f"{name}: logits contain NaN")
+        inf = torch.isinf(logits)
+        if bool(inf.any()):
+            i, j = (int(v) for v in inf.nonzero()[0])
+            raise ValueError(f"{name}: logits contain Inf (row {i}, channel {j}); this loss is not finite there: "
+                             "find the overflow upstream (or clamp the logits)")
+        if weight is not None and not bool(torch.isfinite(weight).all()):
+            raise ValueError(f"{name}: weight contains NaN or Inf")
+        raise FloatingPointError(f"{name}: the loss overflowed float32 for finite logits "
+                                 f"(largest |logit| {logits.abs().max().item():.3g})")
 
     def forward(self, logits: torch.Tensor,       # (N, num_channels) classifier outputs
-                targets: torch.Tensor,            # labels (N,) in [0, C], C = background; or float (N, C)
-                weight: torch.Tensor | None = None, # (N,) or (N, C) extra weights
-                avg_factor: float | None = None,  # divides the summed loss instead of N
+                targets: torch.Tensor,            # labels (N,) in [-1, C] (C background, -1 ignore), or float (N, C)
+                weight: torch.Tensor | None = None, # (N,) per row or (N, num_channels) per element
+                avg_factor: float | None = None,  # 'mean' divides the summed loss by this instead of the element count
                 reduction_override: str | None = None
                ) -> torch.Tensor:
         reduction = reduction_override or self.reduction
-        labels, targets = self._check(logits, targets)
-        if logits.shape[0] == 0:  # no rows: a zero that keeps the graph
+        if reduction not in REDUCTIONS: raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+        labels, targets, keep = self._check(logits, targets)
+        n = logits.shape[0]
+        if weight is not None and tuple(weight.shape) not in ((n,), self.elementwise_shape(n)):
+            raise ValueError(f"{self._name()}: weight: expected shape ({n},) or {self.elementwise_shape(n)}, "
+                             f"got {tuple(weight.shape)}")
+        if n == 0:  # no rows: a zero that keeps the graph
             return logits.sum() * 0. if reduction != 'none' else logits.new_zeros(self.elementwise_shape(0))
-        if reduction == 'none': self._raise_if_nan(logits)
+        if self.official_reduction: weight, avg_factor = None, None
         with torch.autocast(device_type=logits.device.type, enabled=False):
             x = logits.float()
             w = self.element_weights(x, labels, targets)
-            if weight is not None:
-                weight = weight.float()
-                if weight.dim() == 1 and len(self.elementwise_shape(0)) == 2: weight = weight[:, None]  # per row
-                w = weight if w is None else w * weight
-            if reduction == 'none': return self.loss_weight * weight_reduce_loss(self.elementwise(x, labels, targets), w, 'none')
-            loss = self.loss_weight * weight_reduce_loss(self.row_losses(x, labels, targets, w), None, reduction, avg_factor)
-        if not torch.isfinite(loss): self._raise_if_nan(logits)  # checked after the fact: no extra pass when all is well
-        bounds = self._reduced_bounds()
-        return loss.clamp(*bounds) if bounds else loss
+            per_element = len(self.elementwise_shape(0)) == 2
+            for extra in (keep, weight):
+                if extra is None: continue
+                extra = extra.float()
+                if per_element and extra.dim() == 1: extra = extra[:, None]
+                w = extra if w is None else w * extra
+            if reduction == 'none': out = weight_reduce_loss(self.elementwise(x, labels, targets), w, 'none')
+            else:
+                total = self.row_losses(x, labels, targets, w).sum()
+                if self.official_reduction: out = total if reduction == 'sum' else total / n
+                else: out = _reduce_total(total, n * (self.num_channels if per_element else 1), reduction, avg_factor)
+            bounds = self.output_bounds()
+            if bounds: out = out.clamp(*bounds)
+            out = self.loss_weight * out
+        if not bool(torch.isfinite(out).all()): self._diagnose(logits, targets, weight)
+        return out
 
-    def elementwise_shape(self, n): return (n, self.num_classes)
-
-    def extra_repr(self): return f"num_classes={self.num_classes}, num_channels={self.num_channels}, reduction={self.reduction!r}"
+    def extra_repr(self):
+        return f"num_classes={self.num_classes}, num_channels={self.num_channels}, reduction={self.reduction!r}"
 
 def _one_hot(labels: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
     "(N, C) one-hot of labels in [0, C]; the background label C gives an all-zero row."
@@ -250,22 +334,33 @@ def _one_hot(labels: torch.Tensor, num_classes: int, dtype=torch.float32) -> tor
     out[torch.arange(labels.shape[0], device=labels.device), labels] = 1
     return out[:, :num_classes]
 
+def _with_background(targets: torch.Tensor) -> torch.Tensor:
+    "(N, C+1) targets: the float (N, C) targets and a background column, 1 on rows without a positive."
+    return torch.cat([targets, (targets.sum(1, keepdim=True) == 0).to(targets.dtype)], 1)
+
 # %% ../nbs/01_losses.ipynb #d92e1f16
 class SoftmaxCE(ClassificationLoss):
     "Softmax cross-entropy; C+1 channels with a background channel (detection) or C (classification)."
     activation = 'softmax'
-    def __init__(self, num_classes: int, background: bool = True, **kwargs):
-        self.background_channel = background
+    def __init__(self, num_classes: int, background_channel: bool = True, **kwargs):
+        if 'background' in kwargs:  # the old name of `background_channel`
+            warnings.warn("SoftmaxCE: keyword 'background' is now 'background_channel'", FutureWarning)
+            background_channel = kwargs.pop('background')
+        self.background_channel = bool(background_channel)
+        if not self.background_channel: kwargs['background_label'] = False  # no channel, no background rows
         super().__init__(num_classes, **kwargs)
 
     def scores(self, logits): return torch.softmax(logits, -1)[:, :self.num_classes]
 
     def elementwise(self, logits, labels, targets):
         if labels is None:  # multi-hot rows with one positive at most: back to labels
-            if (targets.sum(1) > 1).any(): raise ValueError("SoftmaxCE: targets: a row has more than one positive class; softmax takes one label per row")
+            if (targets.sum(1) > 1).any():
+                raise ValueError("SoftmaxCE: targets: a row has more than one positive class; "
+                                 "softmax takes one label per row")
+            if not self.background_channel and (targets.sum(1) == 0).any():
+                raise ValueError("SoftmaxCE: targets: a row without a positive class, "
+                                 "but the loss has no background channel")
             labels = torch.where(targets.sum(1) > 0, targets.argmax(1), self.num_classes)
-        if not self.background_channel and (labels == self.num_classes).any():
-            raise ValueError(f"SoftmaxCE: targets: label {self.num_classes} (background) given to a loss built with background=False")
         return F.cross_entropy(logits, labels, reduction='none')
 
     def elementwise_shape(self, n): return (n,)
@@ -273,18 +368,16 @@ class SoftmaxCE(ClassificationLoss):
 class SigmoidBCE(ClassificationLoss):
     "Binary cross-entropy with a Sigmoid per class; `background_channel=True` is the authors' C+1 variant."
     def __init__(self, num_classes: int, background_channel: bool = False, **kwargs):
-        self.background_channel = background_channel
+        self.background_channel = bool(background_channel)
         super().__init__(num_classes, **kwargs)
 
     def scores(self, logits):
         return torch.softmax(logits, -1)[:, :self.num_classes] if self.background_channel else torch.sigmoid(logits)
 
     def elementwise(self, logits, labels, targets):
-        if targets is None: targets = _one_hot(labels, self.num_classes)
-        if self.background_channel: targets = torch.cat([targets, (targets.sum(1, keepdim=True) == 0).float()], 1)
+        if targets is None: targets = _one_hot(labels, self.num_channels)  # label C: the background channel
+        elif self.background_channel: targets = _with_background(targets)
         return F.binary_cross_entropy_with_logits(logits, targets, reduction='none')
-
-    def elementwise_shape(self, n): return (n, self.num_channels)
 
 # %% ../nbs/01_losses.ipynb #c9a7e1cb
 GUMBEL_MODES = ('analytic', 'official')
@@ -292,43 +385,56 @@ GUMBEL_MODES = ('analytic', 'official')
 class _GumbelActivation:
     "Mixin: per-class Gumbel BCE, analytic (default) or the authors' numerics."
     activation = 'gumbel'
-    classifier_init = (0.001, -2.)
     def _init_gumbel(self, mode, clamp, mu=0., beta=1., fused=False):
         if mode not in GUMBEL_MODES: raise ValueError(f"mode: expected one of {GUMBEL_MODES}, got {mode!r}")
-        if clamp is not None and (len(clamp) != 2 or clamp[0] >= clamp[1]): raise ValueError(f"clamp: expected (low, high) with low < high, got {clamp!r}")
-        if mode == 'official' and (mu, beta) != (0., 1.): raise ValueError("mode='official' supports only the standard Gumbel (mu=0, beta=1)")
+        if clamp is not None and (len(clamp) != 2 or clamp[0] >= clamp[1]):
+            raise ValueError(f"clamp: expected (low, high) with low < high, got {clamp!r}")
+        if mode == 'official' and (mu, beta) != (0., 1.):
+            raise ValueError("mode='official' supports only the standard Gumbel (mu=0, beta=1)")
         if fused and mode == 'official': raise ValueError("fused=True applies to mode='analytic' only")
-        self.mode, self.clamp, self.mu, self.beta, self.fused = mode, None if clamp is None else tuple(clamp), mu, beta, fused
+        self.mode, self.clamp = mode, None if clamp is None else tuple(clamp)
+        self.mu, self.beta, self.fused = mu, beta, fused
 
-    def scores(self, logits): return gumbel(logits, self.mu, self.beta)
+    @property
+    def classifier_init(self): return _constant_init(0.001, -2.)
+
+    def scores(self, logits): return gumbel(logits[:, :self.num_classes], self.mu, self.beta)
+
+    def _float_targets(self, labels, targets):
+        if targets is None: return _one_hot(labels, self.num_channels)
+        return _with_background(targets) if self.background_channel else targets
 
     def binary_loss(self, logits, labels, targets):
         if self.mode == 'official':
-            return gumbel_bce_official(logits, targets if targets is not None else _one_hot(labels, self.num_classes))
-        return gumbel_bce(logits, labels if targets is None else targets, self.clamp, self.mu, self.beta, self.fused)
+            if bool(torch.isnan(logits).any()): raise ValueError(f"{self._name()}: logits contain NaN")
+            return gumbel_bce_official(logits, _GumbelActivation._float_targets(self, labels, targets))
+        y = labels if targets is None else _GumbelActivation._float_targets(self, labels, targets)  # label C: bg channel
+        return gumbel_bce(logits, y, self.clamp, self.mu, self.beta, self.fused)
 
     def gumbel_row_losses(self, logits, labels, targets, weight):
         "Weights and the class sum inside the Gumbel kernel (analytic mode)."
         if self.mode == 'official': return ClassificationLoss.row_losses(self, logits, labels, targets, weight)
-        return gumbel_bce(logits, labels if targets is None else targets, self.clamp, self.mu, self.beta, self.fused, weight, True)
-
-    def _reduced_bounds(self): return (0., 20.) if self.mode == 'official' else None
+        y = labels if targets is None else _GumbelActivation._float_targets(self, labels, targets)
+        return gumbel_bce(logits, y, self.clamp, self.mu, self.beta, self.fused, weight, True)
 
 class GumbelBCE(_GumbelActivation, ClassificationLoss):
-    "Gumbel loss (Eq. 8) over C foreground channels; `mode='official'` reproduces the authors' numerics."
+    "Gumbel loss (Eq. 8) over C channels (or C+1 with a background channel); `mode='official'`: the authors' numerics."
     def __init__(self, num_classes: int,
                  mode: str = 'analytic',                    # 'analytic' (Eq. 9 gradients) or 'official'
                  clamp: tuple | None = (-4., 10.),          # logit clamp of the analytic mode
                  mu: float = 0., beta: float = 1.,          # generalised Gumbel prior
                  fused: bool = False,                       # compiled single-kernel loss (see above)
+                 background_channel: bool = False,          # C+1 channels: the authors' activation-study layout
                  **kwargs):
+        self.background_channel = bool(background_channel)
         super().__init__(num_classes, **kwargs)
         self._init_gumbel(mode, clamp, mu, beta, fused)
 
     def elementwise(self, logits, labels, targets): return self.binary_loss(logits, labels, targets)
     def row_losses(self, logits, labels, targets, weight): return self.gumbel_row_losses(logits, labels, targets, weight)
+    def output_bounds(self): return (0., 20.) if self.mode == 'official' else None
 
-# %% ../nbs/01_losses.ipynb #b8645df9
+# %% ../nbs/01_losses.ipynb #c99e494b
 def bernoulli_mask(shape: tuple,                      # mask shape
                    p: torch.Tensor | float,           # probability of True (a 0-dim tensor stays on its device: no sync)
                    generator: torch.Generator | None = None,
@@ -337,47 +443,86 @@ def bernoulli_mask(shape: tuple,                      # mask shape
     "Bool mask of independent Bernoulli(p) draws, p quantised to 2^-16: four draws per 64 random bits."
     n = math.prod(shape)
     dev = generator.device if generator is not None else device
-    words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, generator=generator, device=dev).to(device)
+    words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, generator=generator, device=dev)
+    words = words.to(device)
     u = words.view(torch.int16)[:n].view(shape)              # uniform on [-32768, 32767]
     p = torch.as_tensor(p, device=u.device, dtype=torch.float32)
     last = (p * 65536).round().sub_(32769).clamp_(-32768, 32767).to(torch.int16)  # u <= last  <=>  u < p * 2^16 - 32768
     return (u <= last).logical_and_(p > 0)
 
+RARE_MAX_IMAGES = 10  # LVIS's rare group: classes seen in at most 10 training images
+
+def resolve_lambda(lambda_: float | str, # a frequency threshold, or 'rare'
+                   num_images: int       # training images (with at least one annotation)
+                  ) -> float:
+    "The threshold of T_c = [f_c < lambda]: a number as given, or for 'rare' the one marking classes in <= 10 images."
+    if isinstance(lambda_, str):
+        if lambda_ != 'rare': raise ValueError(f"lambda_: expected a positive number or 'rare', got {lambda_!r}")
+        if not num_images > 0: raise ValueError(f"num_images: expected a positive number, got {num_images!r}")
+        return (RARE_MAX_IMAGES + .5) / num_images
+    if isinstance(lambda_, bool) or not isinstance(lambda_, (int, float)) or not lambda_ > 0:
+        raise ValueError(f"lambda_: expected a positive number or 'rare', got {lambda_!r}")
+    return float(lambda_)
+
 def _as_float_tensor(x, name, shape=None):
     t = torch.as_tensor(x, dtype=torch.float64)
-    if shape is not None and tuple(t.shape) != shape: raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
+    if shape is not None and tuple(t.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
     if (t < 0).any() or not torch.isfinite(t).all(): raise ValueError(f"{name}: expected finite non-negative values")
     return t
 
 class ClassStatsLoss(ClassificationLoss):
     "A per-class binary loss (Sigmoid or Gumbel) re-weighted from the training set's class statistics."
+    uses_rare = True                             # EQL/DropLoss weigh by T_c; Federated does not
+    sigmoid_init = _constant_init(0.001, -6.5)   # classifier init with the Sigmoid activation
     def __init__(self, num_classes: int,
                  image_counts: Sequence[int] | torch.Tensor, # (C,) training images containing each class
-                 num_images: int | None = None,              # training images (defaults to max of image_counts)
-                 lambda_: float = 0.0011,                    # frequency threshold of T_c
+                 num_images: int | None = None,              # training images holding an annotation (required)
+                 lambda_: float | str = 0.0011,              # frequency threshold of T_c, or 'rare' (<= 10 images)
                  activation: str = 'sigmoid',                # 'sigmoid' or 'gumbel'
                  generator: torch.Generator | None = None,   # randomness of DropLoss / Federated
-                 mode: str = 'analytic', clamp: tuple | None = (-4., 10.), fused: bool = False, # Gumbel options
+                 mode: str = 'analytic',                     # 'analytic' or 'official' (the authors' EQL/DropLoss)
+                 clamp: tuple | None = (-4., 10.), fused: bool = False, # Gumbel options
                  **kwargs):
+        if kwargs.get('background_channel'):
+            raise ValueError(f"{type(self).__name__}: background_channel=True is not supported: EQL, DropLoss, "
+                             "Federated and GOL train C channels")
+        kwargs.pop('background_channel', None)
         super().__init__(num_classes, **kwargs)
         counts = _as_float_tensor(image_counts, 'image_counts', (self.num_classes,))
-        num_images = counts.max().item() if num_images is None else num_images
-        if not num_images > 0: raise ValueError(f"num_images: expected a positive number, got {num_images!r}")
-        if activation not in ('sigmoid', 'gumbel'): raise ValueError(f"activation: expected 'sigmoid' or 'gumbel', got {activation!r}")
-        self.activation, self.lambda_, self.generator, self.num_images = activation, lambda_, generator, num_images
+        if num_images is None:
+            raise ValueError(f"{type(self).__name__}: num_images is required: the number of training images holding "
+                             "at least one annotation (LVIS v1: 99,388); f_c = image_counts / num_images")
+        if isinstance(num_images, bool) or not num_images > 0:
+            raise ValueError(f"num_images: expected a positive number, got {num_images!r}")
+        if activation not in ('sigmoid', 'gumbel'):
+            raise ValueError(f"activation: expected 'sigmoid' or 'gumbel', got {activation!r}")
+        if mode not in GUMBEL_MODES: raise ValueError(f"mode: expected one of {GUMBEL_MODES}, got {mode!r}")
+        if mode == 'official' and not self.uses_rare:
+            raise ValueError(f"{type(self).__name__}: the authors' code has no {type(self).__name__}; "
+                             "mode='official' applies to gumbel, eql*, droploss* and gol")
+        if fused and activation != 'gumbel': raise ValueError("fused=True applies to the Gumbel activation only")
+        self.lambda_ = resolve_lambda(lambda_, num_images)
+        self.activation, self.generator, self.num_images, self.mode = activation, generator, num_images, mode
+        self.official_reduction = mode == 'official'
         self.register_buffer('image_counts', counts.float())
-        self.register_buffer('rare', counts / num_images < lambda_)  # T_c
-        if activation == 'gumbel':
-            self.classifier_init = _GumbelActivation.classifier_init
-            _GumbelActivation._init_gumbel(self, mode, clamp, fused=fused)
+        self.register_buffer('rare', counts / num_images < self.lambda_)  # T_c
+        if activation == 'gumbel': _GumbelActivation._init_gumbel(self, mode, clamp, fused=fused)
+        if self.uses_rare and not bool(self.rare.any()):
+            warnings.warn(f"{type(self).__name__}: lambda_={lambda_} marks no class as rare (fewest images: "
+                          f"{int(counts.min())} of {num_images}), so it trains as plain {activation} BCE; on a small "
+                          "set use lambda_='rare' (classes with <= 10 training images)")
+
+    @property
+    def classifier_init(self):
+        return _constant_init(0.001, -2.) if self.activation == 'gumbel' else dict(self.sigmoid_init)
 
     def scores(self, logits): return gumbel(logits) if self.activation == 'gumbel' else torch.sigmoid(logits)
 
     def elementwise(self, logits, labels, targets):
         if self.activation == 'gumbel': return _GumbelActivation.binary_loss(self, logits, labels, targets)
-        return F.binary_cross_entropy_with_logits(logits, targets if targets is not None else _one_hot(labels, self.num_classes), reduction='none')
-
-    def _reduced_bounds(self): return (0., 20.) if self.activation == 'gumbel' and self.mode == 'official' else None
+        t = targets if targets is not None else _one_hot(labels, self.num_classes)
+        return F.binary_cross_entropy_with_logits(logits, t, reduction='none')
 
     def row_losses(self, logits, labels, targets, weight):
         if self.activation == 'gumbel': return _GumbelActivation.gumbel_row_losses(self, logits, labels, targets, weight)
@@ -403,12 +548,14 @@ class ClassStatsLoss(ClassificationLoss):
 
 class EQL(ClassStatsLoss):
     "Equalization loss (CVPR 2020): foreground RoIs do not suppress rare classes."
+    sigmoid_init = _normal_init(0.01, 0.)  # mmdetection's default fc_cls init, as the authors' Sigmoid EQL
     def element_weights(self, logits, labels, targets):
         drop = self._foreground(labels, targets)[:, None] & self.rare[None, :]
         return self._clear_positives(drop, labels, targets).logical_not_()  # keep mask
 
 class DropLoss(ClassStatsLoss):
     "DropLoss (AAAI 2021): rare-class negatives dropped from foreground RoIs, and at random from background RoIs."
+    sigmoid_init = _constant_init(0.01, -6.9)  # the authors' Sigmoid DropLoss
     def element_weights(self, logits, labels, targets):
         fg = self._foreground(labels, targets)
         num_fg = fg.sum()
@@ -422,8 +569,11 @@ class DropLoss(ClassStatsLoss):
 
 class FederatedLoss(ClassStatsLoss):
     "Federated loss (CenterNet2): only this batch's GT classes plus sampled ones, up to `num_sampled` classes."
-    def __init__(self, num_classes, image_counts, num_sampled: int = 50, freq_power: float = .5, **kwargs):
-        super().__init__(num_classes, image_counts, **kwargs)
+    uses_rare = False
+    sigmoid_init = _normal_init(0.01, math.log(0.01 / 0.99))  # CenterNet2's prior probability 0.01
+    def __init__(self, num_classes, image_counts, num_images=None, num_sampled: int = 50, freq_power: float = .5,
+                 **kwargs):
+        super().__init__(num_classes, image_counts, num_images, **kwargs)
         if num_sampled < 1: raise ValueError(f"num_sampled: expected a positive integer, got {num_sampled!r}")
         self.num_sampled = num_sampled
         self.register_buffer('sample_weight', self.image_counts.double() ** freq_power)
@@ -435,7 +585,8 @@ class FederatedLoss(ClassStatsLoss):
         n_extra = min(self.num_sampled - int(chosen.sum()), int((weights > 0).sum()))
         if n_extra > 0:
             g = self.generator
-            extra = torch.multinomial(weights.to(g.device) if g is not None else weights, n_extra, replacement=False, generator=g)
+            w = weights.to(g.device) if g is not None else weights
+            extra = torch.multinomial(w, n_extra, replacement=False, generator=g)
             chosen[extra.to(chosen.device)] = True
         return chosen
 
@@ -444,9 +595,10 @@ class FederatedLoss(ClassStatsLoss):
 
 class GOL(DropLoss):
     "Gumbel Optimized Loss (Eq. 10): DropLoss weights on the Gumbel loss, lambda 0.0011 (LVIS v1)."
-    def __init__(self, num_classes, image_counts, num_images=None, lambda_: float = 0.0011, **kwargs):
+    def __init__(self, num_classes, image_counts, num_images=None, lambda_: float | str = 0.0011, **kwargs):
         kwargs.setdefault('activation', 'gumbel')
-        if kwargs['activation'] != 'gumbel': raise ValueError("GOL: activation is always 'gumbel'; use DropLoss for others")
+        if kwargs['activation'] != 'gumbel':
+            raise ValueError("GOL: activation is always 'gumbel'; use DropLoss for others")
         super().__init__(num_classes, image_counts, num_images, lambda_, **kwargs)
 
 # %% ../nbs/01_losses.ipynb #542a2516
@@ -454,9 +606,12 @@ LOSSES = {
     'softmax': SoftmaxCE, 'sigmoid': SigmoidBCE, 'gumbel': GumbelBCE,
     'eql': partial(EQL, activation='sigmoid'), 'eql_gumbel': partial(EQL, activation='gumbel'),
     'droploss': partial(DropLoss, activation='sigmoid'), 'droploss_gumbel': partial(DropLoss, activation='gumbel'),
-    'federated': partial(FederatedLoss, activation='sigmoid'), 'federated_gumbel': partial(FederatedLoss, activation='gumbel'),
+    'federated': partial(FederatedLoss, activation='sigmoid'),
+    'federated_gumbel': partial(FederatedLoss, activation='gumbel'),
     'gol': GOL}
 CLASS_STATS_LOSSES = {'eql', 'eql_gumbel', 'droploss', 'droploss_gumbel', 'federated', 'federated_gumbel', 'gol'}
+GUMBEL_LOSSES = {'gumbel', 'eql_gumbel', 'droploss_gumbel', 'federated_gumbel', 'gol'}  # the Gumbel activation
+OFFICIAL_LOSSES = {'gumbel', 'eql', 'eql_gumbel', 'droploss', 'droploss_gumbel', 'gol'}  # have mode='official'
 
 def build_loss(name: str,        # a key of `LOSSES`
                num_classes: int, # C, foreground classes
@@ -464,6 +619,6 @@ def build_loss(name: str,        # a key of `LOSSES`
               ) -> ClassificationLoss:
     "The loss called `name`, for `num_classes` classes."
     if name not in LOSSES: raise ValueError(f"build_loss: unknown loss {name!r}; expected one of {sorted(LOSSES)}")
-    if name in CLASS_STATS_LOSSES and kwargs.get('image_counts') is None:
-        raise ValueError(f"build_loss: loss {name!r} needs image_counts (and num_images) from the training set")
+    if name in CLASS_STATS_LOSSES and (kwargs.get('image_counts') is None or kwargs.get('num_images') is None):
+        raise ValueError(f"build_loss: loss {name!r} needs image_counts and num_images from the training set")
     return LOSSES[name](num_classes, **kwargs)
