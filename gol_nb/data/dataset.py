@@ -4,25 +4,33 @@
 
 # %% ../../nbs/02b_data.dataset.ipynb #3d0bd6d7
 from __future__ import annotations
-import os, warnings
+import os, time, warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import chain, compress
+from operator import itemgetter, methodcaller
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Mapping, Sequence
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
-from .lvis import load_lvis, image_file_name, class_statistics, ClassStatistics
+from .lvis import (load_lvis, image_file_name, class_statistics, ClassStatistics, DatasetError,
+                              check_train_set, filter_images_without_annotations, segmentation_problem, _lookup)
 from .sampling import repeat_factors as _repeat_factors
 
 # %% auto #0
-__all__ = ['decode_segmentation', 'resized_size', 'LVISDetection', 'detection_collate']
+__all__ = ['decode_segmentation', 'resized_size', 'ImageReadError', 'image_path', 'open_image', 'ImageCheckReport',
+           'check_images', 'AnnotationsByImage', 'LVISDetection', 'detection_collate']
 
 # %% ../../nbs/02b_data.dataset.ipynb #4eb8854d
 def decode_segmentation(seg: list | dict, # polygons [[x1, y1, ...], ...] or RLE {'size': [h, w], 'counts': ...}
                         h: int, w: int, # image height and width
+                        check: bool = True, # validate first (`segmentation_problem`); False for data `load_lvis` checked
                        ) -> np.ndarray:
     "(h, w) uint8 mask of an LVIS/COCO segmentation: polygons, compressed RLE or uncompressed RLE."
+    if check and (why := segmentation_problem(seg, h, w)): raise ValueError(f"segmentation {why}")
     if isinstance(seg, list): rle = mask_utils.merge(mask_utils.frPyObjects([list(map(float, p)) for p in seg], h, w))
     elif isinstance(seg.get('counts'), list): rle = mask_utils.frPyObjects(seg, *seg['size'])
     else: rle = {'size': seg['size'], 'counts': seg['counts'].encode() if isinstance(seg['counts'], str) else seg['counts']}
@@ -42,19 +50,143 @@ def resized_size(h: int, w: int, # original image size
     return max(1, round(h * s)), max(1, round(w * s))
 
 # %% ../../nbs/02b_data.dataset.ipynb #7f483929
+class ImageReadError(OSError):
+    "An image file that cannot be used; the message names the file and the image id."
+
+_16BIT = ('I;16', 'I;16L', 'I;16B', 'I;16N')
+
+def image_path(img: dict, # an LVIS image record
+               image_root: str | os.PathLike, # folder of the images, or of their split folders (train2017/, ...)
+              ) -> Path:
+    "Path of an image: `image_root/name`, else `image_root/<split folder of coco_url>/name`."
+    root, name = Path(image_root), image_file_name(img)
+    p = root / name
+    if p.exists() or not img.get('coco_url'): return p
+    q = root / PurePosixPath(img['coco_url']).parent.name / name
+    return q if q.exists() else p
+
+def open_image(path: str | os.PathLike, # the image file
+               size: tuple[int, int] | None = None, # (h, w) the annotation gives; checked before decoding
+               image_id: int | None = None, # named in errors
+              ) -> Image.Image:
+    "Decode an image file to 8-bit RGB; failures raise `ImageReadError` (`FileNotFoundError` if absent) naming the file."
+    what = f"{path}" + (f" (image id {image_id})" if image_id is not None else "")
+    try:
+        with Image.open(path) as f:
+            W, H = f.size
+            if size is not None and (H, W) != tuple(size):
+                raise ImageReadError(f"{what}: size {H}x{W} differs from the annotation's {size[0]}x{size[1]}")
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and W * H > limit:
+                raise ImageReadError(f"{what}: {W}x{H} = {W * H:,} pixels is above Pillow's decompression-bomb limit of "
+                                     f"{limit:,}; if the image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS")
+            if f.mode in _16BIT:
+                a = np.asarray(f).astype(np.uint32)
+                return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8)).convert('RGB')
+            if f.mode in ('I', 'F'):
+                raise ImageReadError(f"{what}: mode '{f.mode}' (32-bit {'integer' if f.mode == 'I' else 'float'} pixels) "
+                                     "has no defined 8-bit scale: convert the image to 8-bit RGB")
+            return f.convert('RGB')
+    except ImageReadError: raise
+    except FileNotFoundError: raise FileNotFoundError(f"image file not found: {what}") from None
+    except UnidentifiedImageError: raise ImageReadError(f"{what}: not an image file Pillow can read") from None
+    except Image.DecompressionBombError as e: raise ImageReadError(f"{what}: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageReadError(f"{what}: cannot be decoded ({type(e).__name__}: {e})") from None
+
+# %% ../../nbs/02b_data.dataset.ipynb #2a178492
+@dataclass
+class ImageCheckReport:
+    "What `check_images` found: images checked, and per unusable image its id and the reason."
+    checked: int # images opened
+    problems: list # [(image_id, message), ...] in the annotation file's order
+    seconds: float # wall time
+
+    @property
+    def ok(self) -> bool: return not self.problems
+
+    def __str__(self) -> str:
+        if self.ok: return f"{self.checked:,} images checked in {self.seconds:.1f} s: all readable"
+        lines = [f"{len(self.problems):,} of {self.checked:,} images are unusable:"]
+        lines += [f"  {m}" for _, m in self.problems[:20]]
+        if len(self.problems) > 20: lines.append(f"  ... and {len(self.problems) - 20:,} more")
+        return '\n'.join(lines)
+
+    def raise_if_bad(self):
+        "Raise `ImageReadError` listing the problems, if any."
+        if not self.ok: raise ImageReadError(str(self))
+
+def check_images(lvis: str | os.PathLike | dict, # an LVIS annotation file or dict
+                 image_root: str | os.PathLike, # folder of the images (or of their split folders)
+                 workers: int | None = None, # threads (default: up to 8, one per core)
+                ) -> ImageCheckReport:
+    "Open and decode every image of `lvis` as `LVISDetection` does; report the files that fail and why."
+    lv, root = load_lvis(lvis), Path(image_root)
+    if not root.is_dir(): raise FileNotFoundError(f"image_root is not a folder: {root}")
+    def one(im):
+        try: open_image(image_path(im, root), (im['height'], im['width']), im['id'])
+        except OSError as e: return im['id'], str(e)  # ImageReadError, FileNotFoundError, permissions
+    t = time.perf_counter()
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as ex:
+        problems = [r for r in ex.map(one, lv['images'], chunksize=64) if r is not None]
+    return ImageCheckReport(len(lv['images']), problems, time.perf_counter() - t)
+
+# %% ../../nbs/02b_data.dataset.ipynb #8e51bb14
+def _usable_boxes(anns: list, images: list) -> tuple[np.ndarray, np.ndarray, dict]:
+    "Image index of each annotation, (N,) bool: box >= 1 pixel wide and high (also once clipped), drop counts."
+    n = len(anns)
+    b = np.fromiter(chain.from_iterable(map(itemgetter('bbox'), anns)), np.float64, 4 * n).reshape(n, 4)
+    ids = np.fromiter(map(itemgetter('id'), images), np.int64, len(images))
+    order = np.argsort(ids, kind='stable')
+    pos = order[_lookup(ids[order], np.fromiter(map(itemgetter('image_id'), anns), np.int64, n))]
+    wh = np.stack([np.fromiter(map(itemgetter(k), images), np.float64, len(images)) for k in ('width', 'height')], 1)[pos]
+    lo = np.clip(b[:, :2], 0, wh)
+    hi = np.clip(b[:, :2] + b[:, 2:], 0, wh)
+    thin = (b[:, 2:] < 1).any(1)
+    outside = ~thin & (hi <= lo).any(1)
+    collapsed = ~thin & ~outside & (hi - lo < 1).any(1)
+    return pos, ~(thin | outside | collapsed), {'thin': int(thin.sum()), 'collapsed': int(collapsed.sum()),
+                                                'outside': int(outside.sum())}
+
+# %% ../../nbs/02b_data.dataset.ipynb #b702cd30
+class AnnotationsByImage(Mapping):
+    "Read-only {image id: [its annotations, in file order]}, built with numpy: no list per image until asked for."
+    def __init__(self,
+                 anns: list, # annotation records
+                 pos: np.ndarray, # (N,) index into `images` of each annotation's image
+                 images: list, # image records
+                 keep: np.ndarray | None = None, # (N,) bool: the annotations to keep (None: all)
+                ):
+        idx = np.flatnonzero(keep) if keep is not None else np.arange(len(anns))
+        idx = idx[np.argsort(pos[idx], kind='stable')]
+        self._anns = list(map(anns.__getitem__, idx.tolist()))
+        self._ends = np.searchsorted(pos[idx], np.arange(len(images)), side='right').tolist()
+        self._index = dict(zip(map(itemgetter('id'), images), range(len(images))))
+
+    def at(self, i: int # position of the image in `images`
+          ) -> list:
+        "Annotations of the i-th image."
+        return self._anns[self._ends[i - 1] if i else 0:self._ends[i]]
+
+    def __getitem__(self, image_id: int) -> list: return self.at(self._index[image_id])
+    def __iter__(self): return iter(self._index)
+    def __len__(self) -> int: return len(self._index)
+
+# %% ../../nbs/02b_data.dataset.ipynb #629947a0
 class LVISDetection(Dataset):
     "LVIS images with torchvision detection targets; multi-scale resize and horizontal flip in training."
     def __init__(self,
                  ann_file_or_dict: str | os.PathLike | dict, # LVIS json file or dict
                  image_root: str | os.PathLike, # folder of the images (or of their split folders, e.g. train2017/)
-                 train: bool = True, # random scale and flip (else the largest scale, no flip)
+                 train: bool = True, # random scale and flip (else the largest scale, no flip); refuse an empty set
                  scales: Sequence[int] = (640, 672, 704, 736, 768, 800), # short sides to draw from
                  max_size: int = 1333, # cap on the long side
                  flip_prob: float = 0.5, # probability of a horizontal flip in training
                  seed: int | None = None, # None: torch's (per-worker) RNG; int: augmentation fixed by (seed, epoch, index)
-                 filter_empty: bool = False, # drop images without usable annotations
+                 filter_empty: bool | None = None, # drop images without annotations (None: when `train`)
                 ):
-        self.lvis = load_lvis(ann_file_or_dict)
+        self.lvis = check_train_set(ann_file_or_dict) if train else load_lvis(ann_file_or_dict)
+        if train if filter_empty is None else filter_empty: self.lvis = filter_images_without_annotations(self.lvis)
         self.image_root = Path(image_root)
         if not self.image_root.is_dir(): raise FileNotFoundError(f"image_root is not a folder: {self.image_root}")
         scales = tuple(int(s) for s in ([scales] if isinstance(scales, int) else scales))
@@ -64,11 +196,20 @@ class LVISDetection(Dataset):
         self.train, self.scales, self.max_size, self.flip_prob, self.seed = train, scales, max_size, flip_prob, seed
         self.category_ids = sorted(c['id'] for c in self.lvis['categories'])
         self.cat_to_label = {c: i + 1 for i, c in enumerate(self.category_ids)}
-        anns = {}
-        for a in self.lvis['annotations']:
-            if not a.get('iscrowd', 0): anns.setdefault(a['image_id'], []).append(a)
-        self.images = [im for im in self.lvis['images'] if not filter_empty or anns.get(im['id'])]
-        self.anns = {im['id']: anns.get(im['id'], []) for im in self.images}
+        anns = self.lvis['annotations']
+        crowd = np.fromiter(map(methodcaller('get', 'iscrowd', 0), anns), bool, len(anns))
+        if crowd.any(): anns = list(compress(anns, ~crowd))
+        pos, keep, self.dropped_boxes = _usable_boxes(anns, self.lvis['images'])
+        if not keep.all():
+            dr = self.dropped_boxes
+            warnings.warn(f"{self.lvis.source}: {len(keep) - keep.sum():,} of {len(keep):,} boxes dropped, unusable for "
+                          f"training: {dr['thin']} thinner than a pixel, {dr['collapsed']} under a pixel wide or high "
+                          f"once clipped to the image, {dr['outside']} entirely outside the image")
+        if train and not keep.any():
+            raise DatasetError(f"{self.lvis.source}: none of the {len(keep):,} boxes is usable for training "
+                               f"(dropped: {self.dropped_boxes})")
+        self.images = self.lvis['images']
+        self.anns = AnnotationsByImage(anns, pos, self.images, keep)  # {image id: usable annotations}
         self.epoch = 0
 
     @property
@@ -82,7 +223,7 @@ class LVISDetection(Dataset):
                  ): self.epoch = epoch
 
     def class_statistics(self) -> ClassStatistics:
-        "Image counts per class of the annotation file (see `class_statistics`)."
+        "Image counts per class of the annotation file; N = images holding annotations (see `class_statistics`)."
         return class_statistics(self.lvis)
 
     def repeat_factors(self, thresh: float = 0.001 # RFS threshold t
@@ -93,12 +234,8 @@ class LVISDetection(Dataset):
 
     def image_path(self, i: int # dataset index
                   ) -> Path:
-        "Path of image `i`: `image_root/name`, else `image_root/<split folder of coco_url>/name`."
-        im = self.images[i]; name = image_file_name(im)
-        p = self.image_root / name
-        if p.exists() or not im.get('coco_url'): return p
-        q = self.image_root / PurePosixPath(im['coco_url']).parent.name / name
-        return q if q.exists() else p
+        "Path of image `i` (see `image_path`)."
+        return image_path(self.images[i], self.image_root)
 
     def _draw(self, i: int) -> tuple[int, bool]:
         "Short side and flip for index i."
@@ -111,33 +248,33 @@ class LVISDetection(Dataset):
     def __getitem__(self, i: int):
         im = self.images[i]
         h, w = im['height'], im['width']
-        p = self.image_path(i)
-        if not p.exists(): raise FileNotFoundError(f"image {im['id']} ({image_file_name(im)}) not found under {self.image_root}")
-        with Image.open(p) as f: img = f.convert('RGB')
-        if img.size != (w, h):
-            raise ValueError(f"{p}: size {img.size[1]}x{img.size[0]} differs from the annotation's {h}x{w} (image id {im['id']})")
+        img = open_image(self.image_path(i), (h, w), im['id'])
         short, flip = self._draw(i)
         H, W = resized_size(h, w, short, self.max_size)
         sx, sy = W / w, H / h
         img = torch.from_numpy(np.array(img.resize((W, H), Image.BILINEAR))).permute(2, 0, 1).float().div_(255)
-        boxes, labels, masks = [], [], []
-        for a in self.anns[im['id']]:
+        boxes, labels, masks, polygons = [], [], [], []
+        for a in self.anns.at(i):
             x, y, bw, bh = a['bbox']
             b = np.clip([x * sx, y * sy, (x + bw) * sx, (y + bh) * sy], 0, [W, H, W, H])
-            if b[2] <= b[0] or b[3] <= b[1]: continue
             seg = a['segmentation']
             if isinstance(seg, list):  # rasterise the polygons directly at the new size
-                m = decode_segmentation([[c * (sx if k % 2 == 0 else sy) for k, c in enumerate(q)] for q in seg], H, W)
+                polys = [np.asarray(q, np.float64).reshape(-1, 2) * (sx, sy) for q in seg]
+                m = decode_segmentation([q.reshape(-1).tolist() for q in polys], H, W, check=False)
+                if flip: polys = [np.c_[W - q[:, 0], q[:, 1]] for q in polys]
+                polygons.append([q.astype(np.float32) for q in polys])
             else:
-                m = decode_segmentation(seg, h, w)
-                m = torch.nn.functional.interpolate(torch.from_numpy(m)[None, None].float(), size=(H, W), mode='nearest')[0, 0].to(torch.uint8).numpy()
+                m = decode_segmentation(seg, h, w, check=False)
+                m = torch.nn.functional.interpolate(torch.from_numpy(m)[None, None].float(), size=(H, W),
+                                                    mode='nearest')[0, 0].to(torch.uint8).numpy()
+                polygons.append(None)
             boxes.append(b); labels.append(self.cat_to_label[a['category_id']]); masks.append(m)
         boxes = torch.as_tensor(np.array(boxes, np.float32).reshape(-1, 4))
         masks = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, H, W), dtype=torch.uint8)
         if flip:
             img, masks = img.flip(-1), masks.flip(-1)
             boxes = torch.stack([W - boxes[:, 2], boxes[:, 1], W - boxes[:, 0], boxes[:, 3]], 1)
-        target = {'boxes': boxes, 'labels': torch.tensor(labels, dtype=torch.int64), 'masks': masks,
+        target = {'boxes': boxes, 'labels': torch.tensor(labels, dtype=torch.int64), 'masks': masks, 'polygons': polygons,
                   'image_id': im['id'], 'orig_size': torch.tensor([h, w]), 'size': torch.tensor([H, W]),
                   'scale_factor': torch.tensor([sx, sy, sx, sy], dtype=torch.float32), 'flipped': flip}
         return img, target

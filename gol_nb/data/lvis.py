@@ -4,25 +4,31 @@
 
 # %% ../../nbs/02_data.lvis.ipynb #c4a48ec2
 from __future__ import annotations
-import json, math, os
-from itertools import chain
-from operator import itemgetter
+import json, math, os, warnings
+from itertools import chain, compress, repeat
+from operator import itemgetter, is_
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 import numpy as np
 
 # %% auto #0
-__all__ = ['LVISFormatError', 'LVISDict', 'frequency_group', 'image_file_name', 'image_class_pairs', 'load_lvis',
-           'ClassStatistics', 'class_statistics', 'find_shared_file', 'tiny_lvis']
+__all__ = ['LVISFormatError', 'DatasetError', 'LVISDict', 'frequency_group', 'image_file_name', 'polygon_problem',
+           'segmentation_problem', 'image_class_pairs', 'load_lvis', 'ClassStatistics', 'class_statistics',
+           'find_shared_file', 'tiny_lvis', 'check_train_set', 'filter_images_without_annotations',
+           'with_train_frequencies', 'check_train_val']
 
 # %% ../../nbs/02_data.lvis.ipynb #af1e575c
 class LVISFormatError(ValueError):
     "An LVIS annotation file that breaks the format; the message names file, record and field."
 
+class DatasetError(ValueError):
+    "A well-formed data set that cannot be used as asked (an empty training set, train and val that do not match)."
+
 class LVISDict(dict):
     "A validated LVIS annotation dict, as returned by `load_lvis`; `source` names where it came from."
     source: str = '<dict>'
+    frequency_source: str = 'file' # where the categories' `image_count` and `frequency` come from
 
 # %% ../../nbs/02_data.lvis.ipynb #b6a34331
 def frequency_group(image_count: int) -> str:
@@ -48,52 +54,182 @@ def _rec(kind: str, i: int, r: Any) -> str:
 def _is_int(x) -> bool: return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 def _is_num(x) -> bool: return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
+def polygon_problem(poly: Any, # one polygon, [x1, y1, x2, y2, ...]
+                    h: int, w: int, # the image's height and width
+                   ) -> str | None:
+    "Why `poly` is not a usable polygon of an h x w image (see above), or None."
+    if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+        return "polygons must be lists [x1, y1, x2, y2, ...] of at least 3 points"
+    for k, v in enumerate(poly):
+        axis, lim = ('x', w) if k % 2 == 0 else ('y', h)
+        if not _is_num(v): return f"coordinate {k} ({axis}) is {v!r} ({type(v).__name__}): coordinates must be numbers"
+        if not -lim <= v <= 2 * lim:  # NaN and infinities fail too
+            return (f"coordinate {k} ({axis}) is {v!r}: coordinates must be finite and within [{-lim}, {2 * lim}] "
+                    f"for this {h}x{w} image")
+    return None
+
+# %% ../../nbs/02_data.lvis.ipynb #b8acb9a9
+def _decode_rle_strings(strs: list # compressed RLE `counts`, str or bytes
+                       ) -> tuple[np.ndarray, np.ndarray, list]:
+    "Decode COCO compressed RLE strings as pycocotools' `rleFrString` does: (runs, owner of each run, problems)."
+    n = len(strs)
+    bs = [s if isinstance(s, bytes) else s.encode('utf-8', 'replace') for s in strs]
+    lens = np.fromiter(map(len, bs), np.int64, n)
+    c = np.frombuffer(b''.join(bs), np.uint8).astype(np.int64) - 48
+    problems = [None] * n
+    if len(c) == 0: return np.zeros(0, np.int64), np.zeros(0, np.int64), problems
+    owner_c = np.repeat(np.arange(n), lens)
+    def flag(char_mask, why):
+        for i in np.flatnonzero(np.bincount(owner_c[char_mask], minlength=n)): problems[i] = problems[i] or why
+    invalid = (c < 0) | (c > 63)
+    flag(invalid, "has characters outside '0'..'o'")
+    c[invalid] = 0
+    more = (c & 32) != 0
+    last = (np.cumsum(lens) - 1)[lens > 0]
+    cut = np.zeros(len(c), bool)
+    cut[last[more[last]]] = True
+    flag(cut, "ends in the middle of a number (truncated)")
+    end = ~more
+    end[last] = True  # a number never runs on into the next string
+    start = np.r_[True, end[:-1]]
+    starts = np.flatnonzero(start)
+    k = np.arange(len(c)) - starts[np.cumsum(start) - 1]  # position of each character within its number
+    flag(k > 5, "holds a number longer than 6 characters")  # 30 bits: pycocotools' int arithmetic ends there
+    k = np.minimum(k, 5)
+    x = np.add.reduceat((c & 31) << (5 * k), starts)
+    ends = np.flatnonzero(end)
+    x -= np.where((c[ends] & 16) != 0, np.left_shift(1, 5 * (k[ends] + 1)), 0)  # sign extension
+    owner = owner_c[starts]
+    j = np.arange(len(x)) - np.searchsorted(owner, owner)  # index of each run within its string
+    # run j >= 3 is stored as the difference to run j - 2: cumulative sums along three chains per string
+    chain_id = owner * 3 + np.where(j == 0, 0, np.where(j % 2 == 1, 1, 2))
+    order = np.argsort(chain_id, kind='stable')
+    xs = x[order]
+    cs = np.cumsum(xs)
+    first = np.r_[True, chain_id[order][1:] != chain_id[order][:-1]]
+    base = np.repeat((cs - xs)[first], np.diff(np.r_[np.flatnonzero(first), len(xs)]))
+    runs = np.empty_like(x)
+    runs[order] = cs - base
+    return runs, owner, problems
+
+# %% ../../nbs/02_data.lvis.ipynb #e5f673f8
+def _rle_problems(rles: list, # RLE dicts {'size': [h, w], 'counts': ...}
+                  hw: np.ndarray, # (N, 2) the size [h, w] of each one's image
+                 ) -> tuple[int, str] | None:
+    "The first (position, reason) among `rles` that is not a valid RLE mask of its image, or None."
+    probs, comp, unc = {}, [], []
+    for q, s in enumerate(rles):
+        h, w = int(hw[q, 0]), int(hw[q, 1])
+        size, counts = s.get('size'), s.get('counts')
+        if counts is None or not isinstance(size, (list, tuple)) or len(size) != 2:
+            probs[q] = f"RLE must have 'counts' and 'size' [h, w], got keys {sorted(map(str, s))}"
+        elif not all(map(_is_int, size)) or list(size) != [h, w]:
+            probs[q] = f"RLE size {list(size)!r} differs from the image's [h, w] = [{h}, {w}]"
+        elif isinstance(counts, list): unc.append(q)
+        elif isinstance(counts, (str, bytes)): comp.append(q)
+        else: probs[q] = f"RLE counts must be a list of run lengths or a compressed string, got {type(counts).__name__}"
+    hw_area = hw[:, 0].astype(np.int64) * hw[:, 1]
+    cl = [rles[q]['counts'] for q in unc]
+    typed = set(map(type, chain.from_iterable(cl))) <= {int}
+    for q, cnt in zip(unc, cl):
+        if not typed and not all(map(_is_int, cnt)):
+            probs[q] = "RLE counts must be integers (run lengths)"
+        elif min(cnt, default=0) < 0: probs[q] = "RLE counts hold a negative run length"
+        elif sum(cnt) != hw_area[q]:
+            probs[q] = f"RLE runs sum to {sum(cnt)}, not h * w = {hw_area[q]}: they must cover the mask exactly"
+    if comp:
+        runs, owner, why = _decode_rle_strings([rles[q]['counts'] for q in comp])
+        neg = np.bincount(owner[runs < 0], minlength=len(comp)) > 0
+        tot = np.bincount(owner, runs.astype(np.float64), minlength=len(comp))
+        area = hw_area[comp]
+        for p in np.flatnonzero(neg | (tot != area) | np.array([w is not None for w in why])):
+            probs[comp[p]] = ("compressed RLE counts " + why[p] if why[p] else
+                              "compressed RLE decodes to a negative run length" if neg[p] else
+                              f"compressed RLE runs sum to {int(tot[p])}, not h * w = {area[p]}: "
+                              "they must cover the mask exactly")
+    return (q := min(probs), probs[q]) if probs else None
+
+def segmentation_problem(seg: Any, # polygons [[x1, y1, ...], ...] or RLE {'size': [h, w], 'counts': ...}
+                         h: int, w: int, # the image's height and width
+                        ) -> str | None:
+    "Why `seg` is not a usable segmentation of an h x w image (polygons or RLE, see above), or None."
+    if isinstance(seg, list):
+        if not seg: return "must be a non-empty list of polygons, each [x1, y1, x2, y2, ...] with at least 3 points"
+        for j, p in enumerate(seg):
+            if why := polygon_problem(p, h, w): return f"polygon {j}: {why}"
+        return None
+    if isinstance(seg, dict):
+        r = _rle_problems([seg], np.array([[h, w]], np.int64))
+        return r[1] if r else None
+    return f"must be polygons (list) or RLE (dict), got {type(seg).__name__}"
+
+# %% ../../nbs/02_data.lvis.ipynb #d67a8e3f
 def _check_categories(cats, err) -> dict:
     ids = {}
     for i, c in enumerate(cats):
-        where = _rec('categories', i, c)
-        if not isinstance(c, dict): err(where, None, f"must be an object, got {type(c).__name__}")
-        if not _is_int(c.get('id')): err(where, 'id', f"must be an integer, got {c.get('id')!r}")
-        if c['id'] in ids: err(where, 'id', f"duplicates categories[{ids[c['id']]}]")
-        if not isinstance(c.get('name'), str): err(where, 'name', f"must be a string, got {c.get('name')!r}")
+        where = lambda: _rec('categories', i, c)
+        if not isinstance(c, dict): err(where(), None, f"must be an object, got {type(c).__name__}")
+        if not _is_int(c.get('id')): err(where(), 'id', f"must be an integer, got {c.get('id')!r}")
+        if c['id'] in ids: err(where(), 'id', f"duplicates categories[{ids[c['id']]}]")
+        if not isinstance(c.get('name'), str): err(where(), 'name', f"must be a string, got {c.get('name')!r}")
         if 'frequency' in c and c['frequency'] not in ('r', 'c', 'f'):
-            err(where, 'frequency', f"must be one of 'r', 'c', 'f', got {c['frequency']!r}")
+            err(where(), 'frequency', f"must be one of 'r', 'c', 'f', got {c['frequency']!r}")
         if 'image_count' in c and not (_is_int(c['image_count']) and c['image_count'] >= 0):
-            err(where, 'image_count', f"must be a non-negative integer, got {c['image_count']!r}")
+            err(where(), 'image_count', f"must be a non-negative integer, got {c['image_count']!r}")
         ids[c['id']] = i
     return ids
 
-def _check_images(imgs, cat_ids, err) -> dict:
-    ids = {}
-    for i, im in enumerate(imgs):
-        where = _rec('images', i, im)
-        if not isinstance(im, dict): err(where, None, f"must be an object, got {type(im).__name__}")
-        if not _is_int(im.get('id')): err(where, 'id', f"must be an integer, got {im.get('id')!r}")
-        if im['id'] in ids: err(where, 'id', f"duplicates images[{ids[im['id']]}]")
-        for f in ('height', 'width'):
-            if not (_is_int(im.get(f)) and im[f] > 0): err(where, f, f"must be a positive integer, got {im.get(f)!r}")
-        for f in ('file_name', 'coco_url'):
-            if not isinstance(im.get(f, ''), str): err(where, f, f"must be a string, got {im[f]!r}")
-        if not image_file_name(im):
-            err(where, 'file_name', "is missing: an image needs 'file_name' (LVIS v0.5) or 'coco_url' (v1)")
-        for f in ('neg_category_ids', 'not_exhaustive_category_ids'):
-            if f not in im: continue
-            v = im[f]
-            if not isinstance(v, list): err(where, f, f"must be a list of category ids, got {type(v).__name__}")
-            bad = [c for c in v if c not in cat_ids]
-            if bad: err(where, f, f"contains unknown category id {bad[0]!r}")
-        ids[im['id']] = i
-    return ids
+def _check_image(i: int, im: Any, cat_ids: dict, seen: dict, err):
+    "Check one image record (the slow path, used to name the offending record)."
+    where = _rec('images', i, im)
+    if not isinstance(im, dict): err(where, None, f"must be an object, got {type(im).__name__}")
+    if not _is_int(im.get('id')): err(where, 'id', f"must be an integer, got {im.get('id')!r}")
+    if im['id'] in seen: err(where, 'id', f"duplicates images[{seen[im['id']]}]")
+    seen[im['id']] = i
+    for f in ('height', 'width'):
+        if not (_is_int(im.get(f)) and im[f] > 0): err(where, f, f"must be a positive integer, got {im.get(f)!r}")
+    for f in ('file_name', 'coco_url'):
+        if not isinstance(im.get(f, ''), str): err(where, f, f"must be a string, got {im[f]!r}")
+    if not image_file_name(im):
+        err(where, 'file_name', "is missing: an image needs 'file_name' (LVIS v0.5) or 'coco_url' (v1)")
+    for f in ('neg_category_ids', 'not_exhaustive_category_ids'):
+        if f not in im: continue
+        v = im[f]
+        if not isinstance(v, list): err(where, f, f"must be a list of category ids, got {type(v).__name__}")
+        bad = [c for c in v if c not in cat_ids]
+        if bad: err(where, f, f"contains unknown category id {bad[0]!r}")
 
-# %% ../../nbs/02_data.lvis.ipynb #b8acb9a9
-def _check_annotation(i: int, a: Any, img_ids, cat_ids, seen: dict, err):
-    "Check one annotation record (the slow path, used to name the offending record)."
+def _check_images(imgs, cat_ids, err) -> tuple[np.ndarray, np.ndarray]:
+    "Check all images, column-wise first; return their ids, sorted, and the (M, 2) sizes [h, w] in that order."
+    try:
+        if not set(map(type, imgs)) <= {dict}: raise TypeError('images')
+        ids, hs, ws = (_int_column(imgs, k) for k in ('id', 'height', 'width'))
+        if len(ids) and min(hs.min(), ws.min()) <= 0: raise ValueError('size')
+        s = np.sort(ids)
+        if (s[1:] == s[:-1]).any(): raise ValueError('id')
+        for f in ('file_name', 'coco_url'):
+            if not set(map(type, (im.get(f, '') for im in imgs))) <= {str}: raise TypeError(f)
+        if not all(map(image_file_name, imgs)): raise ValueError('file_name')
+        known = set(cat_ids)
+        for f in ('neg_category_ids', 'not_exhaustive_category_ids'):
+            vals = [im[f] for im in imgs if f in im]
+            if not set(map(type, vals)) <= {list} or not set(chain.from_iterable(vals)) <= known: raise ValueError(f)
+    except Exception:  # find and name the record; numpy ints in a dict pass here and are read the slow way
+        seen = {}
+        for i, im in enumerate(imgs): _check_image(i, im, cat_ids, seen, err)
+        ids, hs, ws = (np.array([int(im[k]) for im in imgs], np.int64) for k in ('id', 'height', 'width'))
+    order = np.argsort(ids, kind='stable')
+    return ids[order], np.stack([hs, ws], 1)[order].reshape(-1, 2)
+
+# %% ../../nbs/02_data.lvis.ipynb #722b4e08
+def _check_annotation(i: int, a: Any, images: dict, cat_ids, seen: dict, err):
+    "Check one annotation record (the slow path, used to name the offending record); `images`: {id: (h, w)}."
     where = _rec('annotations', i, a)
     if not isinstance(a, dict): err(where, None, f"must be an object, got {type(a).__name__}")
     if not _is_int(a.get('id')): err(where, 'id', f"must be an integer, got {a.get('id')!r}")
     if a['id'] in seen: err(where, 'id', f"duplicates annotations[{seen[a['id']]}]")
     seen[a['id']] = i
-    if not _is_int(a.get('image_id')) or a['image_id'] not in img_ids:
+    if not _is_int(a.get('image_id')) or a['image_id'] not in images:
         err(where, 'image_id', f"refers to no image: {a.get('image_id')!r}")
     if not _is_int(a.get('category_id')) or a['category_id'] not in cat_ids:
         err(where, 'category_id', f"is not a known category id: {a.get('category_id')!r}")
@@ -101,50 +237,56 @@ def _check_annotation(i: int, a: Any, img_ids, cat_ids, seen: dict, err):
     if not (isinstance(b, (list, tuple)) and len(b) == 4 and all(_is_num(x) and math.isfinite(x) for x in b)):
         err(where, 'bbox', f"must be 4 finite numbers [x, y, w, h], got {b!r}")
     if not (b[2] > 0 and b[3] > 0): err(where, 'bbox', f"is degenerate (width and height must be > 0), got {b!r}")
-    s = a.get('segmentation')
-    if isinstance(s, list):
-        if not s or not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in s):
-            err(where, 'segmentation', "must be a non-empty list of polygons, each [x1, y1, x2, y2, ...] "
-                "with at least 3 points")
-    elif isinstance(s, dict):
-        if not ('counts' in s and isinstance(s.get('size'), (list, tuple)) and len(s['size']) == 2):
-            err(where, 'segmentation', f"RLE must have 'counts' and 'size' [h, w], got keys {sorted(s)}")
-    else: err(where, 'segmentation', f"must be polygons (list) or RLE (dict), got {type(s).__name__}")
+    why = segmentation_problem(a.get('segmentation'), *images[a['image_id']])
+    if why: err(where, 'segmentation', why)
 
-def _int_column(anns: list, key: str) -> np.ndarray:
-    "Column `key` of `anns` as int64; raises (KeyError, TypeError, ValueError) when it is not all ints."
-    vals = list(map(itemgetter(key), anns))
+def _int_column(recs: list, key: str) -> np.ndarray:
+    "Column `key` of `recs` as int64; raises (KeyError, TypeError, ValueError) when it is not all ints."
+    vals = list(map(itemgetter(key), recs))
     if not set(map(type, vals)) <= {int}: raise TypeError(key)
     return np.fromiter(vals, np.int64, len(vals))
 
-def _check_annotations(anns, img_ids, cat_ids, err):
-    "Column-wise check of all annotations; on a problem, find and name the record."
+def _check_annotations(anns, image_ids: np.ndarray, image_hw: np.ndarray, cat_ids, err):
+    "Column-wise check of all annotations against the sorted image ids and sizes; on a problem, find and name the record."
     def slow(idx):
-        seen = {}
-        for i in idx: _check_annotation(i, anns[i], img_ids, cat_ids, seen, err)
+        seen, images = {}, dict(zip(image_ids.tolist(), map(tuple, image_hw.tolist())))
+        for i in idx: _check_annotation(i, anns[i], images, cat_ids, seen, err)
+        i = next(iter(idx))
+        err(_rec('annotations', i, anns[i]), None, "failed validation")  # not reached: the slow path names the problem
     n = len(anns)
     if n == 0: return
-    try:
+    try:  # types and shapes, in C loops over the columns
         ids, im, ca = (_int_column(anns, k) for k in ('id', 'image_id', 'category_id'))
         boxes = list(map(itemgetter('bbox'), anns))
         if not set(map(len, boxes)) == {4} or not set(map(type, chain.from_iterable(boxes))) <= {int, float}:
             raise TypeError('bbox')
         box = np.fromiter(chain.from_iterable(boxes), np.float64, 4 * n).reshape(n, 4)
         segs = list(map(itemgetter('segmentation'), anns))
-        if not set(map(type, segs)) <= {list, dict}: raise TypeError('segmentation')
-        polys = [s for s in segs if type(s) is list]
-        if min(map(len, polys), default=1) == 0: raise TypeError('segmentation')
-        polys = list(chain.from_iterable(polys))
+        kinds = list(map(type, segs))
+        if not set(kinds) <= {list, dict}: raise TypeError('segmentation')
+        is_poly = np.fromiter(map(is_, kinds, repeat(list)), bool, n)
+        seg_lists = list(compress(segs, is_poly))
+        npoly = np.fromiter(map(len, seg_lists), np.int64, len(seg_lists))
+        if (npoly == 0).any(): raise TypeError('segmentation')
+        polys = list(chain.from_iterable(seg_lists))
         if not set(map(type, polys)) <= {list}: raise TypeError('segmentation')
         plen = np.fromiter(map(len, polys), np.int64, len(polys))
         if (plen < 6).any() or (plen % 2).any(): raise TypeError('segmentation')
-        if not all('counts' in s and 'size' in s for s in segs if type(s) is dict): raise TypeError('segmentation')
+        if not set(map(type, chain.from_iterable(polys))) <= {int, float}: raise TypeError('segmentation')
+        xy = np.fromiter(chain.from_iterable(polys), np.float64, int(plen.sum()))
     except Exception:  # missing keys, wrong types, ragged boxes, non-dicts, ...: check record by record
         return slow(range(n))
-    bad = ~np.isfinite(box).all(1) | (box[:, 2] <= 0) | (box[:, 3] <= 0)
-    bad |= ~np.isin(im, np.fromiter(img_ids, np.int64, len(img_ids)))
+    k = _lookup(image_ids, im)
+    bad = ~np.isfinite(box).all(1) | (box[:, 2] <= 0) | (box[:, 3] <= 0) | (k < 0)
     bad |= ~np.isin(ca, np.fromiter(cat_ids, np.int64, len(cat_ids)))
     if bad.any(): slow([int(np.flatnonzero(bad)[0])])
+    hw = image_hw[k]
+    poly_ann = np.repeat(np.flatnonzero(is_poly), npoly)
+    wh = np.repeat(hw[poly_ann][:, ::-1].astype(np.float64), plen // 2, axis=0).reshape(-1)  # each point's image (w, h)
+    out = ~((xy >= -wh) & (xy <= 2 * wh))  # NaN fails too
+    if out.any(): slow([int(poly_ann[np.searchsorted(np.cumsum(plen), np.flatnonzero(out)[0], side='right')])])
+    rle_idx = np.flatnonzero(~is_poly)
+    if len(rle_idx) and (r := _rle_problems([segs[i] for i in rle_idx], hw[rle_idx])): slow([int(rle_idx[r[0]])])
     s = np.sort(ids)
     if (s[1:] == s[:-1]).any(): slow(range(n))
 
@@ -164,7 +306,7 @@ def _lookup(ids: np.ndarray, # (M,) sorted unique ids
 
 def image_class_pairs(lvis: dict # an LVIS dict (ids are checked; use `load_lvis` for a full check)
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    "Unique (image, class) pairs as indices `(img_idx, cat_idx)` into the sorted `image_ids` and `category_ids` (also returned)."
+    "Unique (image, class) pairs as indices `(img_idx, cat_idx)` into the sorted `image_ids` and `category_ids` (returned too)."
     src = getattr(lvis, 'source', '<dict>')
     image_ids = np.sort(np.fromiter(map(itemgetter('id'), lvis['images']), np.int64, len(lvis['images'])))
     cat_ids = np.sort(np.fromiter(map(itemgetter('id'), lvis['categories']), np.int64, len(lvis['categories'])))
@@ -176,7 +318,8 @@ def image_class_pairs(lvis: dict # an LVIS dict (ids are checked; use `load_lvis
         bad = np.flatnonzero(idx < 0)
         if len(bad):
             i = int(bad[0])
-            raise LVISFormatError(f"{src}: {_rec('annotations', i, anns[i])}: field '{key}' refers to an unknown id {int(v[i])}")
+            raise LVISFormatError(f"{src}: {_rec('annotations', i, anns[i])}: field '{key}' refers to an unknown id "
+                                  f"{int(v[i])}")
         cols.append(idx)
     code = np.sort(cols[1] * max(len(image_ids), 1) + cols[0])  # np.unique is slower here
     code = code[np.r_[True, code[1:] != code[:-1]]] if len(code) else code
@@ -205,8 +348,8 @@ def load_lvis(path_or_dict: str | os.PathLike | dict # an LVIS json file, or its
     for k in ('images', 'annotations', 'categories'):
         if not isinstance(d.get(k), list): err('top level', k, f"must be a list, got {type(d.get(k)).__name__}")
     cat_ids = _check_categories(d['categories'], err)
-    img_ids = _check_images(d['images'], cat_ids, err)
-    _check_annotations(d['annotations'], img_ids, cat_ids, err)
+    image_ids, image_hw = _check_images(d['images'], cat_ids, err)
+    _check_annotations(d['annotations'], image_ids, image_hw, cat_ids, err)
     out = LVISDict(d)
     out.source = src
     out['categories'] = [dict(c) for c in d['categories']]
@@ -215,6 +358,14 @@ def load_lvis(path_or_dict: str | os.PathLike | dict # an LVIS json file, or its
         for c in out['categories']:
             c.setdefault('image_count', counts[c['id']])
             c.setdefault('frequency', frequency_group(c['image_count']))
+        out.frequency_source = f"counted from the annotations of {src}"
+    return out
+
+def _derived(lv: LVISDict, **fields) -> LVISDict:
+    "A shallow copy of `lv` with some top-level fields replaced, keeping `source` and `frequency_source`."
+    out = LVISDict(lv)
+    out.update(fields)
+    out.__dict__.update(lv.__dict__)
     return out
 
 # %% ../../nbs/02_data.lvis.ipynb #ba98d156
@@ -222,25 +373,51 @@ def load_lvis(path_or_dict: str | os.PathLike | dict # an LVIS json file, or its
 class ClassStatistics:
     "Per-class statistics of an LVIS split, in sorted category-id order."
     category_ids: np.ndarray # (C,) int64 LVIS category ids, sorted
-    image_counts: np.ndarray # (C,) int64 number of images containing each class
-    num_images: int # number of images in the split
+    image_counts: np.ndarray # (C,) int64 number of images containing each class, n_c
+    num_images: int # N, the denominator of f_c = n_c / N: images holding >= 1 annotation, unless given
     frequency: list # C x 'r' | 'c' | 'f'
+    num_images_note: str = '' # how N was obtained, e.g. '99,388 images holding >= 1 annotation (of 100,170 ...)'
 
     def group(self, g: str # 'r', 'c' or 'f'
              ) -> np.ndarray:
         "Indices (into the C classes) of frequency group `g`."
         return np.array([i for i, f in enumerate(self.frequency) if f == g], np.int64)
 
+    @property
+    def image_fraction(self) -> np.ndarray:
+        "(C,) f_c = n_c / N, the fraction of training images that contain each class."
+        return self.image_counts / self.num_images
+
+    def fraction_below(self, thresh: float # lambda: EQL's and GOL's rare-class threshold (0.0011 for LVIS v1)
+                      ) -> np.ndarray:
+        "(C,) bool: classes with f_c < thresh, the classes EQL and DropLoss treat as rare."
+        return self.image_fraction < thresh
+
 def class_statistics(lvis: str | os.PathLike | dict, # an LVIS file (validated) or dict (trusted, ids checked)
+                     num_images: int | None = None, # N; None: the images holding >= 1 annotation
                      recompute_frequency: bool = False, # ignore the file's `frequency` field
                     ) -> ClassStatistics:
-    "Image counts, number of images and frequency groups per class, in sorted category-id order."
+    "Image counts, the denominator N and frequency groups per class, in sorted category-id order."
     if not isinstance(lvis, dict): lvis = load_lvis(lvis)
+    src = getattr(lvis, 'source', '<dict>')
+    img_idx, cat_idx, image_ids, ids = image_class_pairs(lvis)
+    counts = np.bincount(cat_idx, minlength=len(ids)).astype(np.int64)
+    annotated = int(np.count_nonzero(np.bincount(img_idx, minlength=len(image_ids))))
+    if num_images is None:
+        if annotated == 0:
+            raise DatasetError(f"{src}: no image holds an annotation: class statistics need a training set "
+                               "with annotations")
+        n, note = annotated, f"{annotated:,} images holding >= 1 annotation (of {len(image_ids):,} in {src})"
+    else:
+        if not (_is_int(num_images) and num_images >= max(int(counts.max(initial=0)), 1)):
+            raise ValueError(f"num_images must be an integer >= the largest image count ({int(counts.max(initial=0))}) "
+                             f"so that n_c / N <= 1, got {num_images!r}")
+        n = int(num_images)
+        note = f"{n:,} images, as given ({src} has {annotated:,} images holding annotations, {len(image_ids):,} in all)"
     by_id = {c['id']: c for c in lvis['categories']}
-    ids, counts = _counts(lvis)
     freq = [by_id[int(i)].get('frequency') if not recompute_frequency else None for i in ids]
-    freq = [f or frequency_group(int(n)) for f, n in zip(freq, counts)]
-    return ClassStatistics(ids, counts, len(lvis['images']), freq)
+    freq = [f or frequency_group(int(c)) for f, c in zip(freq, counts)]
+    return ClassStatistics(ids, counts, n, freq, note)
 
 # %% ../../nbs/02_data.lvis.ipynb #28f15289
 def find_shared_file(name: str = 'lvis_val_100.json' # file name under the shared data folder
@@ -266,3 +443,101 @@ def tiny_lvis(num_images: int = 3, # images, each 40 x 30
     anns = [{'id': i + 1, 'image_id': i + 1, 'category_id': i % num_classes + 1, 'bbox': [5., 5., 10., 8.],
              'area': 80., 'segmentation': [[5., 5., 15., 5., 15., 13., 5., 13.]]} for i in range(num_images)]
     return {'images': imgs, 'annotations': anns, 'categories': cats}
+
+# %% ../../nbs/02_data.lvis.ipynb #53786e62
+def check_train_set(lvis: str | os.PathLike | dict # the training annotation file or dict
+                   ) -> LVISDict:
+    "Refuse a training set without images, categories or annotations; return it validated."
+    lv = load_lvis(lvis)
+    for key in ('images', 'categories', 'annotations'):
+        if not lv[key]:
+            raise DatasetError(f"{lv.source}: the training file holds no {key}: a training set needs images, "
+                               "categories, and annotations of those categories on those images")
+    return lv
+
+def filter_images_without_annotations(lvis: str | os.PathLike | dict # an LVIS file or dict
+                                     ) -> LVISDict:
+    "The same set without the images that hold no annotation (those a detector cannot learn from)."
+    lv = load_lvis(lvis)
+    ids = np.fromiter(map(itemgetter('id'), lv['images']), np.int64, len(lv['images']))
+    order = np.argsort(ids, kind='stable')
+    held = np.zeros(len(ids), bool)
+    held[order[_lookup(ids[order], np.fromiter(map(itemgetter('image_id'), lv['annotations']), np.int64))]] = True
+    return lv if held.all() else _derived(lv, images=list(compress(lv['images'], held)))
+
+# %% ../../nbs/02_data.lvis.ipynb #fb3d4e34
+def _exhaustive_negatives(lv: LVISDict) -> list:
+    "Images with `neg_category_ids` = every category not annotated in the image (COCO's exhaustive labelling)."
+    all_ids = np.array(sorted(c['id'] for c in lv['categories']), np.int64)
+    present = {}
+    for a in lv['annotations']: present.setdefault(a['image_id'], set()).add(a['category_id'])
+    out = []
+    for im in lv['images']:
+        p = present.get(im['id'])
+        neg = all_ids[~np.isin(all_ids, np.fromiter(p, np.int64, len(p)))] if p else all_ids
+        out.append(dict(im, neg_category_ids=neg.tolist(),
+                        not_exhaustive_category_ids=im.get('not_exhaustive_category_ids', [])))
+    return out
+
+def with_train_frequencies(val: str | os.PathLike | dict, # the validation file or dict
+                           train: str | os.PathLike | dict, # the training file or dict
+                           exhaustive: bool | None = None, # COCO-style negatives for every image (None: if none has any)
+                          ) -> LVISDict:
+    "The validation set with each category's `image_count` and `frequency` taken from the training file."
+    tr, va = load_lvis(train), load_lvis(val)
+    by_id = {c['id']: c for c in tr['categories']}
+    missing = [c['id'] for c in va['categories'] if c['id'] not in by_id]
+    if missing:
+        raise DatasetError(f"{va.source}: {len(missing)} categories are not in the training file {tr.source} "
+                           f"(ids {missing[:5]}): they have no training image count; check_train_val matches the two first")
+    cats = [dict(c, image_count=by_id[c['id']]['image_count'], frequency=by_id[c['id']]['frequency'])
+            for c in va['categories']]
+    if va.frequency_source == 'file':
+        changed = [c['id'] for c in va['categories'] if c['frequency'] != by_id[c['id']]['frequency']]
+        if changed:
+            warnings.warn(f"{va.source}: {len(changed)} categories (ids {changed[:5]}) have another frequency group "
+                          f"than in the training file {tr.source}; the training file's groups are used")
+    out = _derived(va, categories=cats)
+    out.frequency_source = f"training file {tr.source}"
+    if exhaustive is None: exhaustive = not any('neg_category_ids' in im for im in va['images'])
+    if exhaustive: out['images'] = _exhaustive_negatives(out)
+    return out
+
+# %% ../../nbs/02_data.lvis.ipynb #b06bc477
+def check_train_val(train: str | os.PathLike | dict, # the training file or dict
+                    val: str | os.PathLike | dict, # the validation file or dict
+                    extra_categories: str = 'refuse', # val categories absent from train: 'refuse' or 'drop'
+                   ) -> LVISDict:
+    "Match the validation set's categories to the training set's by id (see above); return it with training frequencies."
+    if extra_categories not in ('refuse', 'drop'):
+        raise ValueError(f"extra_categories must be 'refuse' or 'drop', got {extra_categories!r}")
+    tr, va = check_train_set(train), load_lvis(val)
+    for key in ('images', 'annotations'):
+        if not va[key]: raise DatasetError(f"{va.source}: the validation file holds no {key}: there is nothing to evaluate")
+    tr_by, va_by = {c['id']: c for c in tr['categories']}, {c['id']: c for c in va['categories']}
+    renamed = [(i, va_by[i]['name'], tr_by[i]['name']) for i in sorted(va_by.keys() & tr_by.keys())
+               if va_by[i]['name'] != tr_by[i]['name']]
+    if renamed:
+        eg = '; '.join(f"id {i}: '{a}' here, '{b}' in training" for i, a, b in renamed[:3])
+        raise DatasetError(f"{va.source}: {len(renamed)} category ids name other classes than in the training file "
+                           f"{tr.source} ({eg}): categories are matched by id, so both files must use the same ids "
+                           "for the same classes")
+    extra = set(va_by) - set(tr_by)
+    if extra:
+        n_ann = sum(a['category_id'] in extra for a in va['annotations'])
+        if n_ann and extra_categories == 'refuse':
+            raise DatasetError(f"{va.source}: {len(extra)} categories (ids {sorted(extra)[:5]}) with {n_ann} annotations "
+                               f"are not in the training file {tr.source}: the model cannot predict them. Evaluate "
+                               "without them with extra_categories='drop', or train on a file that has them")
+        warnings.warn(f"{va.source}: dropped {len(extra)} categories absent from the training file "
+                      f"(ids {sorted(extra)[:5]}) and their {n_ann} annotations")
+        drop = lambda ids: [c for c in ids if c not in extra]
+        va = _derived(va, annotations=[a for a in va['annotations'] if a['category_id'] not in extra],
+                      images=[dict(im, **{f: drop(im[f]) for f in ('neg_category_ids', 'not_exhaustive_category_ids')
+                                          if f in im}) for im in va['images']])
+    missing = sorted(set(tr_by) - set(va_by))
+    if missing:
+        warnings.warn(f"{va.source}: {len(missing)} training categories (ids {missing[:5]}) are not in the validation "
+                      "file; added without annotations so that the ids match (the evaluator skips them)")
+    cats = sorted([va_by[i] for i in va_by if i not in extra] + [tr_by[i] for i in missing], key=itemgetter('id'))
+    return with_train_frequencies(_derived(va, categories=cats), tr)

@@ -9,16 +9,16 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Sampler
-from .lvis import image_class_pairs, load_lvis
+from .lvis import image_class_pairs, load_lvis, filter_images_without_annotations
 
 # %% auto #0
 __all__ = ['class_repeat_factors', 'repeat_factors', 'RepeatFactorSampler']
 
 # %% ../../nbs/02a_data.sampling.ipynb #ae55bbdd
-def _class_rf(cat_idx: np.ndarray, num_classes: int, num_images: int, thresh: float) -> np.ndarray:
-    "(C,) r_c = max(1, sqrt(t / f_c)) from the class index of each unique (image, class) pair."
+def _class_rf(img_idx: np.ndarray, cat_idx: np.ndarray, num_classes: int, thresh: float) -> np.ndarray:
+    "(C,) r_c = max(1, sqrt(t / f_c)) from the unique (image, class) pairs; N counts the images in them."
     if not (thresh > 0): raise ValueError(f"thresh must be > 0, got {thresh!r}")
-    f = np.bincount(cat_idx, minlength=num_classes) / max(num_images, 1)
+    f = np.bincount(cat_idx, minlength=num_classes) / max(np.count_nonzero(np.bincount(img_idx)), 1)
     with np.errstate(divide='ignore'): r = np.maximum(1.0, np.sqrt(thresh / f))
     return np.where(f > 0, r, 1.0)
 
@@ -27,8 +27,8 @@ def class_repeat_factors(lvis: dict, # an LVIS dict (see `load_lvis`) or file
                         ) -> tuple[np.ndarray, np.ndarray]:
     "Sorted category ids and (C,) class repeat factors r_c = max(1, sqrt(t / f_c))."
     if not isinstance(lvis, dict): lvis = load_lvis(lvis)
-    _, cat, _, cat_ids = image_class_pairs(lvis)
-    return cat_ids, _class_rf(cat, len(cat_ids), len(lvis['images']), thresh)
+    img, cat, _, cat_ids = image_class_pairs(lvis)
+    return cat_ids, _class_rf(img, cat, len(cat_ids), thresh)
 
 def repeat_factors(lvis: dict, # an LVIS dict (see `load_lvis`) or file
                    thresh: float = 0.001, # t: classes in a smaller image fraction get repeated
@@ -36,7 +36,7 @@ def repeat_factors(lvis: dict, # an LVIS dict (see `load_lvis`) or file
     "Per-image repeat factor before rounding, {image_id: max over its classes of r_c} (1.0 without annotations)."
     if not isinstance(lvis, dict): lvis = load_lvis(lvis)
     img, cat, image_ids, cat_ids = image_class_pairs(lvis)
-    r_c = _class_rf(cat, len(cat_ids), len(image_ids), thresh)
+    r_c = _class_rf(img, cat, len(cat_ids), thresh)
     r = np.ones(len(image_ids))
     np.maximum.at(r, img, r_c[cat])
     return dict(zip(image_ids.tolist(), r.tolist()))
