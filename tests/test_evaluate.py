@@ -1,12 +1,13 @@
-"Tests of gol_nb.evaluate: the two LVIS backends agree, LVIS semantics, per-class table, errors."
+"Tests of gol_nb.evaluate: hotcoco agrees with lvis-api, LVIS semantics, per-class table, detection files, errors."
 import json, os
 import numpy as np
 import pytest
 from pycocotools import mask as mu
 
 from gol_nb.data import find_shared_file, load_lvis
-from gol_nb.evaluate import (METRICS, DetectionFormatError, evaluate_lvis, numpy_aliases, per_class_ap,
-                             run_lvis_eval, top_k_per_image)
+from gol_nb.evaluate import (METRICS, DetectionFormatError, DetectionWriter, Detections, LVISGroundTruth,
+                             check_detections, detections_from_records, evaluate_lvis, numpy_aliases, per_class_ap,
+                             read_detections, run_lvis_eval, top_k_per_image, write_lvis_results)
 
 REAL = find_shared_file('lvis_val_100.json')
 needs_real = pytest.mark.skipif(REAL is None, reason='shared/data/lvis_val_100.json not found')
@@ -32,7 +33,8 @@ def small_lvis(seed=0, n_images=12):
             present.add(c)
         absent = [c['id'] for c in cats if c['id'] not in present]
         imgs.append({'id': i, 'height': h, 'width': w, 'coco_url': f'x/train2017/{i:012d}.jpg',
-                     'neg_category_ids': absent[:2], 'not_exhaustive_category_ids': sorted(present)[:1] if i % 3 == 0 else []})
+                     'neg_category_ids': absent[:2],
+                     'not_exhaustive_category_ids': sorted(present)[:1] if i % 3 == 0 else []})
     return {'images': imgs, 'annotations': anns, 'categories': cats}
 
 
@@ -77,7 +79,7 @@ def make_detections(gt, iou_type='bbox', seed=0, fp_per_image=4, crowded_image=T
     return dets
 
 
-def assert_agree(a, b, tol=1e-6):
+def assert_agree(a, b, tol=1e-9):
     for k in METRICS: assert abs(a[k] - b[k]) <= tol, (k, a[k], b[k])
 
 
@@ -86,10 +88,10 @@ def test_backends_agree_small_synthetic(iou_type):
     gt = small_lvis()
     dets = make_detections(gt, iou_type)
     assert max(np.bincount([d['image_id'] for d in dets])) > 300  # the per-image cap is exercised
-    f = run_lvis_eval(gt, dets, iou_type, 'faster')
+    f = run_lvis_eval(gt, dets, iou_type, 'hotcoco')
     l = run_lvis_eval(gt, dets, iou_type, 'lvis')
     assert_agree(f.metrics, l.metrics)
-    np.testing.assert_allclose(f.per_class.AP.to_numpy(), l.per_class.AP.to_numpy(), atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(f.per_class.AP.to_numpy(), l.per_class.AP.to_numpy(), atol=1e-9, equal_nan=True)
     assert 0 < f.metrics['AP'] < 1  # imperfect detections, but not useless
     assert all(f.metrics[k] > -1 for k in ('APr', 'APc', 'APf'))
 
@@ -104,7 +106,7 @@ def synthetic_val(tmp_path_factory):
 def test_backends_agree_make_synthetic_lvis(synthetic_val, iou_type):
     gt = load_lvis(synthetic_val)
     dets = make_detections(gt, iou_type, seed=8)
-    f, l = evaluate_lvis(synthetic_val, dets, iou_type, 'faster'), evaluate_lvis(gt, dets, iou_type, 'lvis')
+    f, l = evaluate_lvis(synthetic_val, dets, iou_type, 'hotcoco'), evaluate_lvis(gt, dets, iou_type, 'lvis')
     assert_agree(f, l)
     assert 0 < f['AP'] < 1
 
@@ -114,32 +116,41 @@ def test_backends_agree_make_synthetic_lvis(synthetic_val, iou_type):
 def test_backends_agree_real_lvis(iou_type):
     gt = load_lvis(REAL)
     dets = make_detections(gt, iou_type, seed=1)
-    f = evaluate_lvis(REAL, dets, iou_type, 'faster')
-    l = evaluate_lvis(gt, dets, iou_type, 'lvis')
-    assert_agree(f, l)
-    assert 0.05 < f['AP'] < 0.95, f
+    f = run_lvis_eval(REAL, dets, iou_type, 'hotcoco')
+    l = run_lvis_eval(gt, dets, iou_type, 'lvis')
+    assert_agree(f.metrics, l.metrics)
+    np.testing.assert_allclose(f.per_class.AP.to_numpy(), l.per_class.AP.to_numpy(), atol=1e-9, equal_nan=True)
+    assert 0.05 < f.metrics['AP'] < 0.95, f.metrics
+    assert all(f.metrics[k] > 0 for k in ('APr', 'APc', 'APf'))  # every frequency group is exercised
+    # hotcoco is fed a chunk of images at a time: chunks of 9 images give the same figures and precisions
+    from gol_nb.evaluate import _eval_hotcoco
+    prepared = LVISGroundTruth(gt)
+    d = top_k_per_image(check_detections(dets, prepared, iou_type), 300)
+    m9, p9 = _eval_hotcoco(prepared, d, iou_type, 300, chunk=9)
+    m1, p1 = _eval_hotcoco(prepared, d, iou_type, 300)
+    assert m9 == m1 == f.metrics and np.array_equal(p9, p1)
 
 
 @needs_real
 @pytest.mark.filterwarnings('ignore::DeprecationWarning')  # lvis-api calls logger.warn
 def test_matches_raw_lvis_api_with_its_own_cap():
-    "Our top-k + faster backend equals lvis-api run on the uncapped list (lvis-api caps per image itself)."
+    "Our top-k + hotcoco equals lvis-api run on the uncapped list (lvis-api caps per image itself)."
     from lvis import LVIS, LVISEval, LVISResults
     dets = make_detections(load_lvis(REAL), 'bbox', seed=2)
-    ours = evaluate_lvis(REAL, dets, 'bbox', 'faster')
+    ours = evaluate_lvis(REAL, dets, 'bbox', 'hotcoco')
     with numpy_aliases():
         gt = LVIS(str(REAL))
         ev = LVISEval(gt, LVISResults(gt, json.loads(json.dumps(dets)), max_dets=300), 'bbox')
         ev.run()
     for k in ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'APr', 'APc', 'APf'):
-        assert abs(ours[k] - ev.results[k]) < 1e-6, k
+        assert abs(ours[k] - ev.results[k]) < 1e-9, k
 
 
 def test_lvis_rules_neg_and_not_exhaustive():
     gt = small_lvis(n_images=3, seed=3)
     perfect = [{'image_id': a['image_id'], 'category_id': a['category_id'], 'bbox': a['bbox'], 'score': .5}
                for a in gt['annotations']]
-    for be in ('faster', 'lvis'): assert evaluate_lvis(gt, perfect, backend=be)['AP'] == pytest.approx(1.)
+    for be in ('hotcoco', 'lvis'): assert evaluate_lvis(gt, perfect, backend=be)['AP'] == pytest.approx(1.)
     im = gt['images'][0]
     unknown = [c['id'] for c in gt['categories'] if c['id'] not in im['neg_category_ids']
                and c['id'] not in {a['category_id'] for a in gt['annotations'] if a['image_id'] == im['id']}]
@@ -155,8 +166,9 @@ def test_lvis_rules_neg_and_not_exhaustive():
     # a not-exhaustive class: an unmatched detection is ignored
     im3 = next(i for i in gt['images'] if i['not_exhaustive_category_ids'])
     c = im3['not_exhaustive_category_ids'][0]
-    for be in ('faster', 'lvis'):
-        m = evaluate_lvis(gt, perfect + [{'image_id': im3['id'], 'category_id': c, 'bbox': box, 'score': .9}], backend=be)
+    for be in ('hotcoco', 'lvis'):
+        extra = [{'image_id': im3['id'], 'category_id': c, 'bbox': box, 'score': .9}]
+        m = evaluate_lvis(gt, perfect + extra, backend=be)
         assert m['AP'] == pytest.approx(1.)
 
 
@@ -170,7 +182,7 @@ def test_empty_detections_defined_and_consistent():
                for im in gt['images'] for c in gt['categories']
                if (im['id'], c['id']) not in present and c['id'] not in im['neg_category_ids']][:5]
     assert dropped
-    for be in ('faster', 'lvis'): assert_agree(evaluate_lvis(gt, dropped, backend=be), m0, tol=0)
+    for be in ('hotcoco', 'lvis'): assert_agree(evaluate_lvis(gt, dropped, backend=be), m0, tol=0)
     # a group without ground truth is -1, not 0
     gt2 = small_lvis()
     gt2['annotations'] = [a for a in gt2['annotations'] if a['category_id'] not in (8, 9)]
@@ -214,7 +226,7 @@ def test_inputs_not_modified():
     gt = small_lvis(n_images=4)
     dets = make_detections(gt, 'segm', seed=7, crowded_image=False)
     g0, d0 = json.dumps(gt), json.dumps(dets)
-    for be in ('faster', 'lvis'): evaluate_lvis(gt, dets, 'segm', be)
+    for be in ('hotcoco', 'lvis'): evaluate_lvis(gt, dets, 'segm', be)
     assert json.dumps(gt) == g0 and json.dumps(dets) == d0
 
 
@@ -247,15 +259,106 @@ def test_bad_segm_and_arguments(tmp_path):
     h, w = gt['images'][0]['height'], gt['images'][0]['width']
     rle = mu.encode(np.asfortranarray(np.ones((h + 1, w), np.uint8)))
     d = {'image_id': 1, 'category_id': 1, 'bbox': [0., 0., 4., 4.], 'score': .5}
-    with pytest.raises(DetectionFormatError, match=r"detections\[0\]: field 'segmentation'"): evaluate_lvis(gt, [d], 'segm')
+    with pytest.raises(DetectionFormatError, match=r"detections\[0\]: field 'segmentation'"):
+        evaluate_lvis(gt, [d], 'segm')
     d2 = {**d, 'segmentation': {'size': rle['size'], 'counts': rle['counts'].decode()}}
     with pytest.raises(DetectionFormatError, match="differs from image 1"): evaluate_lvis(gt, [d2], 'segm')
     with pytest.raises(DetectionFormatError, match="give it to all or none"):
         ok = mu.encode(np.asfortranarray(np.ones((h, w), np.uint8)))
         s = {'size': ok['size'], 'counts': ok['counts']}
-        evaluate_lvis(gt, [{**d, 'segmentation': s}, {k: v for k, v in {**d, 'segmentation': s}.items() if k != 'bbox'}], 'segm')
+        with_s = {**d, 'segmentation': s}
+        evaluate_lvis(gt, [with_s, {k: v for k, v in with_s.items() if k != 'bbox'}], 'segm')
     with pytest.raises(ValueError, match='iou_type'): evaluate_lvis(gt, [d], 'keypoints')
     with pytest.raises(ValueError, match='backend'): evaluate_lvis(gt, [d], backend='coco')
     with pytest.raises(FileNotFoundError, match='detections file'): evaluate_lvis(gt, tmp_path / 'none.json')
     (tmp_path / 'x.json').write_text('{"a": 1}')
     with pytest.raises(DetectionFormatError, match='must be a list'): evaluate_lvis(gt, tmp_path / 'x.json')
+    (tmp_path / 'y.json').write_text('[{"a": ')
+    with pytest.raises(DetectionFormatError, match='not valid json'): evaluate_lvis(gt, tmp_path / 'y.json')
+    with pytest.raises(DetectionFormatError, match="needs a 'segmentation'"):
+        evaluate_lvis(gt, detections_from_records([d]), 'segm')
+    with pytest.raises(DetectionFormatError, match="needs a 'bbox'"):
+        evaluate_lvis(gt, detections_from_records([{k: v for k, v in d2.items() if k != 'bbox'}], masks=True))
+
+
+def test_detection_files_and_results_json_round_trip(tmp_path):
+    gt = small_lvis()
+    dets = make_detections(gt, 'segm', seed=9)
+    assert any('\\' in r['segmentation']['counts'] for r in dets)  # json must escape some RLE strings
+    d = detections_from_records(dets, masks=True)
+    assert d.to_records() == dets
+    paths = [tmp_path / 'eval' / 'rank0.dets', tmp_path / 'eval' / 'rank1.dets']
+    with DetectionWriter(paths[0]) as w:
+        w.write(d.select(slice(0, 10))); w.write(d.select(slice(10, 10))); w.write(d.select(slice(10, 100)))
+    with DetectionWriter(paths[1]) as w: w.write(d.select(slice(100, None)))
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == ['rank0.dets', 'rank1.dets']
+    back = read_detections(paths)
+    assert back.to_records() == dets and back.counts.dtype == object
+    write_lvis_results(paths, tmp_path / 'results.json', chunk=7)
+    assert json.loads((tmp_path / 'results.json').read_text()) == dets
+    ref = evaluate_lvis(gt, dets, 'segm')
+    for src in (d, paths, tmp_path / 'results.json', str(tmp_path / 'results.json')):
+        assert evaluate_lvis(gt, src, 'segm') == ref
+    assert evaluate_lvis(gt, paths, 'bbox') == evaluate_lvis(gt, [{k: v for k, v in r.items() if k != 'segmentation'}
+                                                                  for r in dets], 'bbox')
+    # a pass that fails leaves no file, and a batch without masks cannot join a file with masks
+    with pytest.raises(RuntimeError):
+        with DetectionWriter(tmp_path / 'crash.dets') as w:
+            w.write(d.select(slice(0, 3))); raise RuntimeError('killed')
+    assert not [p for p in tmp_path.iterdir() if 'crash' in p.name]
+    w = DetectionWriter(tmp_path / 'mixed.dets'); w.write(d.select(slice(0, 3)))
+    with pytest.raises(ValueError, match='masks'): w.write(d.without_masks())
+    w.abort()
+    (tmp_path / 'not.dets').write_bytes(b'xyz')
+    with pytest.raises(DetectionFormatError, match='not a detection file'): read_detections(tmp_path / 'not.dets')
+    with pytest.raises(FileNotFoundError, match='detection file not found'): read_detections(tmp_path / 'gone.dets')
+
+
+def test_segm_without_boxes_and_other_max_dets_agree_with_lvis_api():
+    gt = small_lvis(seed=4)
+    dets = make_detections(gt, 'segm', seed=10)
+    no_box = [{k: v for k, v in r.items() if k != 'bbox'} for r in dets]
+    d = detections_from_records(no_box, masks=True)
+    assert d.box_from_mask and 'bbox' not in d.to_records()[0]
+    assert_agree(evaluate_lvis(gt, no_box, 'segm', 'hotcoco'), evaluate_lvis(gt, no_box, 'segm', 'lvis'))
+    for k in (20, 500):
+        assert_agree(evaluate_lvis(gt, dets, 'bbox', 'hotcoco', max_dets=k),
+                     evaluate_lvis(gt, dets, 'bbox', 'lvis', max_dets=k))
+    assert evaluate_lvis(gt, dets, 'bbox', max_dets=20)['AR'] < evaluate_lvis(gt, dets, 'bbox', max_dets=500)['AR']
+
+
+def test_ground_truth_prepared_once():
+    gt = small_lvis()
+    prepared = LVISGroundTruth(gt)
+    dets = make_detections(gt, 'segm', seed=11)
+    for t in ('segm', 'bbox', 'segm'):
+        assert evaluate_lvis(prepared, dets, t) == evaluate_lvis(gt, dets, t)
+    assert prepared.records() is prepared.records()
+    sub = prepared.subset([1, 2, 3])
+    assert sorted(im['id'] for im in sub.data['images']) == [1, 2, 3]
+    assert {a['image_id'] for a in sub.data['annotations']} <= {1, 2, 3}
+    kept = [r for r in dets if r['image_id'] <= 3]
+    assert evaluate_lvis(sub, kept, 'segm') == evaluate_lvis({**gt, 'images': gt['images'][:3],
+        'annotations': [a for a in gt['annotations'] if a['image_id'] <= 3]}, kept, 'segm')
+
+
+def test_columns_checked_and_named():
+    gt = small_lvis(n_images=3)
+    h, w = gt['images'][0]['height'], gt['images'][0]['width']
+    rle = mu.encode(np.asfortranarray(np.ones((h, w), np.uint8)))
+    n = 6
+    d = Detections(np.ones(n), np.ones(n), np.full(n, .5), np.tile([0., 0., 4., 4.], (n, 1)),
+                   np.tile([h, w], (n, 1)), [rle['counts']] * n)
+    assert evaluate_lvis(gt, d, 'segm')['AP'] >= 0
+    for field, change in [('image_id', lambda d: d.image_id.__setitem__(4, 77)),
+                          ('category_id', lambda d: d.category_id.__setitem__(4, 4)),
+                          ('score', lambda d: d.score.__setitem__(4, np.inf)),
+                          ('bbox', lambda d: d.bbox.__setitem__((4, 2), -1.)),
+                          ('segmentation', lambda d: d.mask_size.__setitem__((4, 0), h + 1))]:
+        bad = d.select(slice(None)); bad.image_id, bad.category_id = bad.image_id.copy(), bad.category_id.copy()
+        bad.score, bad.bbox, bad.mask_size = bad.score.copy(), bad.bbox.copy(), bad.mask_size.copy()
+        change(bad)
+        with pytest.raises(DetectionFormatError, match=rf"detections\[4\]: field '{field}'"):
+            evaluate_lvis(gt, bad, 'segm')
+    with pytest.raises(ValueError, match='Detections.score'):
+        Detections(np.ones(3), np.ones(3), np.ones(2), np.zeros((3, 4)))
