@@ -1,0 +1,213 @@
+"""mmdetection engine: the gol_nb losses inside mmdet's heads, every paper config trained on the synthetic set,
+evaluation, and gol_nb's run-folder policy (resume, checkpoint fallback, signals) around mmengine's Runner."""
+import json, math, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+import torch
+
+pytest.importorskip('mmdet')
+pytest.importorskip('mmcv.ops', reason='mmcv without its compiled ops (make install builds them)')
+
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
+from gol_nb.data import make_synthetic_lvis, class_statistics, load_lvis
+from gol_nb.losses import GOL, GumbelBCE
+from gol_nb.engine import read_jsonl, run_status, latest_checkpoint, ConfigMismatchError, RunFolderError
+from gol_nb.mmdet_plugin import PAPER_CONFIGS, PAPER_CONFIG_INFO
+from gol_nb.mmdet_runner import run_mmdet, SMOKE_OVERRIDES, get_mmdet_config, backbone_weights
+
+register_all_modules()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    "One torch thread: where other jobs share the cores, two threads spin-wait for each other (steps 3-20x slower)."
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope='module')
+def syn(tmp_path_factory):
+    return make_synthetic_lvis(tmp_path_factory.mktemp('syn'), num_train=40, num_val=4, num_classes=8, image_size=64)
+
+
+def _head(loss_cfg, C):
+    return MODELS.build(dict(type='Shared2FCBBoxHead', in_channels=4, fc_out_channels=8, roi_feat_size=2,
+                             num_classes=C, loss_cls=loss_cfg))
+
+
+def test_gol_through_mmdet_head_equals_gol(syn):
+    "mmdet's box head computes exactly gol_nb's GOL (same logits, labels and random draws), rare classes included."
+    stats = class_statistics(load_lvis(syn.train_json))
+    C = len(stats.image_counts)
+    head = _head(dict(type='GOLLoss', num_classes=C, ann_file=str(syn.train_json), lambda_='rare'), C)
+    direct = GOL(C, torch.as_tensor(stats.image_counts), stats.num_images, lambda_='rare')
+    assert direct.rare.any() and not direct.rare.all()  # DropLoss weights really act
+    torch.manual_seed(0)
+    N = 256
+    labels = torch.randint(0, C + 1, (N,))
+    labels[:64] = C
+    logits = (3 * torch.randn(N, C)).requires_grad_()
+    head.loss_cls.loss.generator = torch.Generator().manual_seed(1)
+    direct.generator = torch.Generator().manual_seed(1)
+    got = head.loss(logits, None, None, labels, torch.ones(N), None, None)['loss_cls']
+    want = direct(logits, labels, avg_factor=N)
+    torch.testing.assert_close(got, want)
+    g1, = torch.autograd.grad(got, logits)
+    direct.generator = torch.Generator().manual_seed(1)
+    g2, = torch.autograd.grad(direct(logits, labels, avg_factor=N), logits)
+    torch.testing.assert_close(g1, g2)
+    # the value is Eq. 10: the weighted element losses summed over classes and RoIs, divided by the RoIs
+    direct.generator = torch.Generator().manual_seed(1)
+    per_element = direct(logits, labels, reduction_override='none')
+    torch.testing.assert_close(got, per_element.sum() / N)
+
+
+def test_gumbel_background_channel_through_head(syn):
+    "The activation-study Gumbel: C+1 channels in the head, the loss is GumbelBCE(background_channel=True)."
+    C = 8
+    head = _head(dict(type='GumbelLoss', num_classes=C, background_channel=True), C)
+    assert head.fc_cls.out_features == C + 1
+    logits, labels = torch.randn(32, C + 1), torch.randint(0, C + 1, (32,))
+    got = head.loss(logits, None, None, labels, torch.ones(32), None, None)['loss_cls']
+    torch.testing.assert_close(got, GumbelBCE(C, background_channel=True)(logits, labels, avg_factor=32))
+    scores = head.loss_cls.get_activation(logits)
+    torch.testing.assert_close(scores[:, :C], torch.exp(-torch.exp(-logits[:, :C])))
+    assert (scores[:, C] == 0).all()
+
+
+def test_every_config_has_info_and_file():
+    assert set(PAPER_CONFIGS) == set(PAPER_CONFIG_INFO)
+    assert all(p.is_file() for p in PAPER_CONFIGS.values())
+    assert all(i.engine == 'mmdet' for i in PAPER_CONFIG_INFO.values())
+    assert {n for n, i in PAPER_CONFIG_INFO.items() if i.study == 'backbones'} == {
+        'mmdet_softmax_cascade_r101_1x', 'mmdet_gumbel_cascade_r101_1x', 'mmdet_softmax_htc_r101_1x',
+        'mmdet_gumbel_htc_r101_1x'}
+
+
+def test_backbone_weights_offline(tmp_path, monkeypatch):
+    "torchvision:// weights come from torch's hub cache; else downloaded; else a sentence says what to do."
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path))
+    def offline(url, dst, progress=True): raise OSError('Name or service not known')
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', offline)
+    model = {'backbone': {'init_cfg': {'type': 'Pretrained', 'checkpoint': 'torchvision://resnet50'}}}
+    with pytest.raises(RuntimeError, match=r'Download https://download.pytorch.org/models/resnet50-0676ba61.pth to .*'
+                                           r'pretrained=none'):
+        backbone_weights(model)
+    cached = tmp_path / 'checkpoints' / 'resnet50-0676ba61.pth'
+    cached.parent.mkdir(exist_ok=True); cached.write_bytes(b'weights')
+    assert backbone_weights(model).startswith('torchvision://resnet50')
+    assert model['backbone']['init_cfg']['checkpoint'] == str(cached)  # mmengine loads the local file
+    assert backbone_weights({'backbone': {'init_cfg': None}}) == 'none'
+
+
+# Every config trains on the same two images (batch 2: the same batch each iteration). The backbone, FPN and RPN get
+# lr 0 (their gradients are still computed): the proposals then stay the same, so each iteration samples its RoIs
+# from the same candidates (all positives, a random share of the negatives) and the loss curve is smooth; the RoI
+# heads, where the gol_nb losses act, learn. With the RPN learning too, which RoIs turn positive changes from one
+# iteration to the next and the first few losses go up and down (the notebook's smoke run trains everything).
+FROZEN = ('optim_wrapper.paramwise_cfg='
+          '{custom_keys: {backbone: {lr_mult: 0}, neck: {lr_mult: 0}, rpn_head: {lr_mult: 0}}}')
+TINY = [o for o in SMOKE_OVERRIDES if not o.startswith(('synth_num_train', 'max_iters'))] + [
+    'synth_num_train=2', 'max_iters=6', FROZEN]
+
+
+@pytest.mark.parametrize('name', list(PAPER_CONFIGS))
+def test_paper_config_trains(name, tmp_path, monkeypatch):
+    "Every paper config trains a few iterations on the tiny synthetic set: the loss decreases, metrics are written."
+    monkeypatch.setenv('GOL_DATA_ROOT', str(tmp_path / 'data'))
+    out = tmp_path / 'run'
+    evaluate = name == 'mmdet_gol_r50_lvis_v1_2x'  # one config is evaluated on the val set, the others on 1 image
+    metrics = run_mmdet(name, TINY + [f'output_dir={out}'] + ([] if evaluate else ['max_val_images=1']))
+    steps = [r for r in read_jsonl(out / 'log.jsonl') if 'loss' in r]
+    losses = [r['loss'] for r in steps]
+    assert len(losses) == 6 and all(map(math.isfinite, losses))
+    assert losses[-1] < losses[0] and sum(losses[-3:]) < sum(losses[:3]), f"{name}: no decrease: {losses}"
+    assert run_status(out) == 'finished'
+    saved = json.loads((out / 'metrics.json').read_text())
+    assert saved == metrics and {'AP', 'APr', 'APc', 'APf', 'APb', 'bbox_AP', 'iterations'} <= set(saved)
+    assert (out / 'per_class_ap.csv').is_file()
+    print(f"{name}: losses {[round(l, 3) for l in losses]}, s/step {[round(r['time'], 2) for r in steps]}")
+    if evaluate:  # computed on the 4 val images (no class is without ground truth: -1 would mean that)
+        assert 0 <= metrics['AP'] <= 1 and 0 <= metrics['APb'] <= 1 and saved['iterations'] == 6
+
+
+SMALL = SMOKE_OVERRIDES + ['max_val_images=1']
+
+
+def test_resume_continues_and_refuses_changes(tmp_path, monkeypatch):
+    "resume=true continues from the newest verified checkpoint (a corrupt newer one is skipped); changes are refused."
+    monkeypatch.setenv('GOL_DATA_ROOT', str(tmp_path / 'data'))
+    out = tmp_path / 'run'
+    run_mmdet('mmdet_gumbel_r50_1x', SMALL + [f'output_dir={out}', 'max_iters=2', 'checkpoint_interval=1'])
+    ckpts = sorted((out / 'checkpoints').glob('*.pth'))
+    assert [p.name for p in ckpts] == ['iter_00000001.pth', 'iter_00000002.pth']
+    with pytest.raises(RunFolderError, match='already holds a run'):
+        run_mmdet('mmdet_gumbel_r50_1x', SMALL + [f'output_dir={out}', 'max_iters=2'])
+    with pytest.raises(ConfigMismatchError, match='lambda_'):
+        run_mmdet('mmdet_gumbel_r50_1x', SMALL + [f'output_dir={out}', 'resume=true', 'lambda_=0.5'])
+    with open(ckpts[-1], 'r+b') as f: f.seek(1000); f.write(b'corrupted')  # the newest no longer verifies
+    (out / 'metrics.json').unlink()
+    run_mmdet('mmdet_gumbel_r50_1x', SMALL + [f'output_dir={out}', 'max_iters=4', 'resume=true'])
+    log = read_jsonl(out / 'log.jsonl')
+    resumed = [r for r in log if r.get('event') == 'resume']
+    assert resumed and resumed[-1]['checkpoint'] == 'iter_00000001.pth'
+    assert 'iter_00000002.pth' in resumed[-1]['skipped'][0]
+    iters = [r['iteration'] for r in log if 'loss' in r]
+    assert iters == [1, 2, 2, 3, 4]  # the second run restarted after iteration 1, the corrupt checkpoint's work redone
+    assert run_status(out) == 'finished'
+
+
+def test_resume_is_exact(tmp_path, monkeypatch):
+    "Stopping after 2 iterations and resuming to 4 gives the weights of 4 uninterrupted iterations."
+    monkeypatch.setenv('GOL_DATA_ROOT', str(tmp_path / 'data'))
+    opts = SMALL + ['max_iters=4', 'num_workers=1']
+    run_mmdet('mmdet_gol_r50_lvis_v1_2x', opts + [f'output_dir={tmp_path}/a'])
+    run_mmdet('mmdet_gol_r50_lvis_v1_2x', opts + [f'output_dir={tmp_path}/b', 'max_iters=2'])
+    run_mmdet('mmdet_gol_r50_lvis_v1_2x', opts + [f'output_dir={tmp_path}/b', 'resume=true'])
+    a = torch.load(latest_checkpoint(tmp_path / 'a'), weights_only=False)
+    b = torch.load(latest_checkpoint(tmp_path / 'b'), weights_only=False)
+    assert a['meta']['iter'] == b['meta']['iter'] == 4
+    a, b = a['state_dict'], b['state_dict']
+    assert a.keys() == b.keys()
+    for k in a: torch.testing.assert_close(a[k], b[k], msg=lambda m: f"{k}: {m}")
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path):
+    "SIGTERM: the CLI writes a checkpoint at the end of the iteration, exits 128+15; resume=true finishes the run."
+    env = {**os.environ, 'GOL_DATA_ROOT': str(tmp_path / 'data'), 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
+    out = tmp_path / 'run'
+    args = [sys.executable, '-m', 'gol_nb.mmdet_runner', '--config', 'mmdet_softmax_r50_1x', *SMALL,
+            f'output_dir={out}', 'max_iters=50', 'synth_num_train=100']
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(r.get('iteration', 0) >= 2 for r in read_jsonl(out / 'log.jsonl')):
+        time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read()
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert 'resume=true' in output
+    assert run_status(out) == 'interrupted'
+    stopped = max(r['iteration'] for r in read_jsonl(out / 'log.jsonl') if 'loss' in r)
+    assert (out / 'checkpoints' / f'iter_{stopped:08d}.pth').is_file()
+    done = subprocess.run(args[:-2] + ['max_iters=%d' % (stopped + 1), 'synth_num_train=100', 'resume=true'], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert run_status(out) == 'finished'
+
+
+def test_torchrun_two_cpu_processes(tmp_path, monkeypatch):
+    "launcher='pytorch' under torchrun: two gloo processes train, rank logs are written, rank 0 evaluates."
+    monkeypatch.setenv('GOL_DATA_ROOT', str(tmp_path / 'data'))
+    out = tmp_path / 'run'
+    metrics = run_mmdet('mmdet_gol_r50_lvis_v1_2x', SMALL + [f'output_dir={out}', 'device=cpu', 'max_iters=2'], nproc=2)
+    assert {'AP', 'APb'} <= set(metrics)
+    assert "'AP'" in (out / 'logs' / 'rank1.log').read_text()  # rank 1 ran to the end (it prints the metrics too)
+    scaling = [r for r in read_jsonl(out / 'log.jsonl') if r.get('event') == 'lr_scaling']
+    assert scaling[0]['total_batch'] == 4  # 2 processes x 2 images
+    assert torch.load(latest_checkpoint(out), weights_only=False)['world_size'] == 2
+    assert run_status(out) == 'finished'
