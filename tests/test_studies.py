@@ -1,0 +1,157 @@
+"Studies: a killed study does not repeat finished runs, a failing run is reported, the miniature LVIS's proportions."
+import hashlib, json, os, signal, subprocess, sys, textwrap, time, warnings
+from pathlib import Path
+import numpy as np
+import pytest
+from gol_nb.data.lvis import load_lvis, class_statistics, frequency_group
+from gol_nb.data.synthetic import make_mini_lvis, lvis_image_counts, MINI_LVIS
+from gol_nb.studies import run_study, select_rows, study_table, describe_study, METRICS
+
+warnings.filterwarnings('ignore', message='backbone')
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def data_root(tmp_path, monkeypatch):
+    "The smoke miniature LVIS goes under a temporary GOL_DATA_ROOT."
+    monkeypatch.setenv('GOL_DATA_ROOT', str(tmp_path / 'data'))
+    return tmp_path / 'data'
+
+
+# A fake trainer (in a file, so that a child process can import it): writes metrics, or hangs in the middle of a run
+FAKE = '''
+import json, os, sys, time
+from pathlib import Path
+def train_fn(name, info, overrides, gpus):
+    kv = dict(o.split('=', 1) for o in overrides)
+    d = Path(kv['output_dir']); d.mkdir(parents=True, exist_ok=True)
+    with open(d.parent.parent / 'calls.txt', 'a') as f: f.write(f"{name} {kv['seed']}\\n")
+    if name == os.environ.get('HANG_AT'):
+        (d / 'checkpoints').mkdir(exist_ok=True); (d / 'checkpoints' / 'iter_00000002.pth').write_bytes(b'x')
+        time.sleep(120)  # killed here
+    if name == os.environ.get('FAIL_AT'): raise RuntimeError(f'{name} diverged')
+    m = {k: 0.1 + 0.01 * int(kv['seed']) for k in ('AP', 'APr', 'APc', 'APf', 'APb')}
+    (d / 'metrics.json').write_text(json.dumps(m))
+    return m
+'''
+
+def study_script(out: Path, fake_dir: Path) -> str:
+    return textwrap.dedent(f'''
+        import sys; sys.path.insert(0, {str(fake_dir)!r})
+        from fake_trainer import train_fn
+        from gol_nb.studies import run_study
+        run_study('activations', {str(out)!r}, [0], sampler='random', recipe='smoke', train_fn=train_fn)
+    ''')
+
+
+def calls(out: Path) -> list[str]:
+    p = out / 'calls.txt'
+    return p.read_text().split('\n')[:-1] if p.exists() else []
+
+
+def test_killed_study_does_not_repeat_finished_runs(tmp_path, data_root):
+    (tmp_path / 'fake_trainer.py').write_text(FAKE)
+    sys.path.insert(0, str(tmp_path))
+    from fake_trainer import train_fn
+    rows = list(select_rows('activations', 'random'))
+    out = tmp_path / 'study'
+    env = {**os.environ, 'HANG_AT': rows[1]}
+    child = subprocess.Popen([sys.executable, '-c', study_script(out, tmp_path)], env=env, cwd=ROOT)
+    hang = out / rows[1] / 'seed0' / 'checkpoints' / 'iter_00000002.pth'
+    t0 = time.time()
+    while not hang.exists():
+        assert child.poll() is None, 'the study process ended before reaching the second run'
+        assert time.time() - t0 < 120, 'the study process did not reach the second run'
+        time.sleep(0.2)
+    child.send_signal(signal.SIGKILL); child.wait()
+    assert calls(out) == [f'{rows[0]} 0', f'{rows[1]} 0']
+    first = out / rows[0] / 'seed0' / 'metrics.json'
+    stamp = first.stat().st_mtime_ns
+    log = []
+    runs = run_study('activations', out, [0], sampler='random', recipe='smoke', train_fn=train_fn, log=log.append)
+    assert list(runs['status']) == ['skipped', 'finished', 'finished']
+    assert calls(out)[2:] == [f'{rows[1]} 0', f'{rows[2]} 0']  # the finished run was not trained again
+    assert first.stat().st_mtime_ns == stamp
+    assert any(l.startswith(f'{rows[1]} seed 0: resuming') for l in log), log
+
+
+def test_failed_run_is_reported_and_the_rest_finish(tmp_path, data_root, monkeypatch):
+    (tmp_path / 'fake_trainer.py').write_text(FAKE)
+    sys.path.insert(0, str(tmp_path))
+    from fake_trainer import train_fn
+    rows = list(select_rows('activations', 'random'))
+    monkeypatch.setenv('FAIL_AT', rows[0])
+    runs = run_study('activations', tmp_path / 's', [0, 1], sampler='random', recipe='smoke', train_fn=train_fn,
+                     log=lambda s: None)
+    assert len(runs) == 6
+    failed = runs[runs['status'] == 'failed']
+    assert list(failed['preset']) == [rows[0]] * 2 and set(failed['error']) == {f'RuntimeError: {rows[0]} diverged'}
+    assert (runs[runs['preset'] != rows[0]]['status'] == 'finished').all()
+    t = study_table(runs)
+    assert t.loc[rows[0], 'runs'] == '0/2' and np.isnan(t.loc[rows[0], 'AP'])
+    assert t.loc[rows[1], 'runs'] == '2/2' and t.loc[rows[1], 'AP'] == pytest.approx(10.5)
+    assert 'No finished run for' in describe_study(t)
+    csv = (tmp_path / 's' / 'runs.csv').read_text()
+    assert 'diverged' in csv  # the record on disk names the failure too
+
+
+def test_real_run_crash_is_reported_then_resumed(tmp_path, data_root):
+    "With the real trainer: a run that crashes mid-way is reported; run again, it resumes and finishes."
+    row = list(select_rows('activations', 'random'))[-1]
+    kw = dict(sampler='random', presets=[row], recipe='smoke', log=lambda s: None)
+    runs = run_study('activations', tmp_path / 'r', [0], overrides=['stop_after=3', 'checkpoint_interval=2'], **kw)
+    assert list(runs['status']) == ['failed'] and 'stop_after=3' in runs['error'][0]
+    log = []
+    runs = run_study('activations', tmp_path / 'r', [0], overrides=['accept_changes=[stop_after]'], **dict(kw, log=log.append))
+    assert list(runs['status']) == ['finished'], runs['error'][0]
+    assert any('resuming' in l for l in log)
+    m = json.loads((tmp_path / 'r' / row / 'seed0' / 'metrics.json').read_text())
+    assert set(METRICS) <= set(m) and all(-1 <= m[k] <= 1 for k in METRICS)
+    # the finished run is reused only for the same config: another model is reported, not silently skipped
+    runs = run_study('activations', tmp_path / 'r', [0], overrides=['mask_head_dim=8'], **kw)
+    assert list(runs['status']) == ['failed'] and 'finished run of another config' in runs['error'][0]
+    assert 'mask_head_dim' in runs['error'][0]
+
+
+def digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob('*')):
+        if p.is_file(): h.update(p.relative_to(root).as_posix().encode()); h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_mini_lvis_proportions_and_determinism(tmp_path):
+    a, b = make_mini_lvis(tmp_path / 'a'), make_mini_lvis(tmp_path / 'b')
+    assert digest(tmp_path / 'a') == digest(tmp_path / 'b')
+    train, val = load_lvis(a.train_json), load_lvis(a.val_json)
+    st = class_statistics(train)
+    assert len(st.category_ids) >= 100
+    groups = {g: len(st.group(g)) for g in 'rcf'}
+    assert groups == {'r': 28, 'c': 38, 'f': 34}  # LVIS v1: 337 / 461 / 405 of 1,203
+    lvis = np.array([337, 461, 405]) / 1203
+    assert np.abs(np.array(list(groups.values())) / 100 - lvis).max() < 0.01
+    n = st.image_counts
+    assert all(frequency_group(int(c)) == f for c, f in zip(n, st.frequency))  # r 1-10, c 11-100, f > 100
+    assert n[st.group('r')].min() == 1 and n[st.group('r')].max() == 10 and n[st.group('f')].min() > 100
+    assert sorted(n.tolist()) == sorted(lvis_image_counts(100, MINI_LVIS['max_image_count'])[0].tolist())
+    per_image = np.bincount([x['image_id'] for x in train['annotations']])[1:]
+    assert per_image.min() >= 3 and per_image.mean() > 6  # several objects per image
+    side = np.sqrt([x['area'] for x in train['annotations']])
+    assert side.max() / side.min() > 2.5  # sizes vary
+    cx = np.array([x['bbox'][0] + x['bbox'][2] / 2 for x in train['annotations']]) / MINI_LVIS['image_size']
+    assert cx.min() < 0.15 and cx.max() > 0.85  # positions spread over the image
+    assert class_statistics(val, recompute_frequency=True).image_counts.min() >= MINI_LVIS['val_min_images']
+    small = dict(num_classes=30, num_train=300, num_val=60, max_image_count=150)
+    c, d = make_mini_lvis(tmp_path / 'c', seed=1, **small), make_mini_lvis(tmp_path / 'd', seed=0, **small)
+    assert load_lvis(c.train_json)['annotations'] != load_lvis(d.train_json)['annotations']  # another seed, another set
+
+
+def test_notebook_defaults_agree():
+    "The analysis notebook trains (and reads) the same study as the ablation notebook's defaults."
+    import papermill as pm
+    p9 = pm.inspect_notebook(str(ROOT / 'nbs' / '09_ablations.ipynb'))
+    p10 = pm.inspect_notebook(str(ROOT / 'nbs' / '10_model_analysis.ipynb'))
+    for k in ('study', 'sampler', 'seeds', 'output_dir', 'smoke'):
+        assert p9[k]['default'] == p10[k]['default'], k
+    for p in (p9, p10):
+        assert all(v['inferred_type_name'] != 'None' for v in p.values()), p
