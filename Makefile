@@ -5,12 +5,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= outputs
 
-.PHONY: test test-slow demo install bench clean-nbs
+LAB_STAMP := $(VENV)/.lab-installed
+LAB_ARGS ?=
 
-$(STAMP): settings.ini setup.py
+.PHONY: test test-slow demo readme lab install bench clean-nbs
+
+# mmdetection needs mmcv with its compiled ops, which exists only as source: tools/build_mmcv.sh compiles it against
+# this venv's torch once (10-45 min on 2 cores) and caches the wheel in ~/.cache/gol_nb/wheels, so later installs
+# take seconds. The runtime requirements (torch) go in first, the cached wheel is then given to pip by path (pip never
+# builds mmcv itself), and the superseded mmdet 3.3 stack (same import names) is removed.
+$(STAMP): settings.ini setup.py tools/build_mmcv.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 'setuptools>=70,<81' wheel
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e .
+	$(BIN)/pip uninstall -q -y mmdet mmengine mmcv-lite mmcv 2>/dev/null || true
+	MMCV_WHEEL=$$(bash tools/build_mmcv.sh $(BIN)/python) && $(BIN)/pip install -q -e '.[dev]' "$$MMCV_WHEEL"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,11 +32,29 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python tools/test_all.py --flags slow
 
-# The main job: the training notebook, headless, on the embedded synthetic data set.
+# The main job: the training notebook, headless, on the embedded synthetic data set. Each run trains afresh: it
+# replaces $(OUT)/demo_cpu (a run folder is never silently reused; resume=true continues a run on purpose).
 demo: $(STAMP)
 	mkdir -p $(OUT)
+	rm -rf $(OUT)/demo_cpu
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/papermill -k python3 --language python nbs/05_train_gol.ipynb $(OUT)/05_train_gol.ipynb \
 		-p preset demo_cpu -p smoke False -p output_dir $(OUT)/demo_cpu
+
+# The README's demo results block, written from $(OUT)/demo_cpu (metrics.json, config.yaml, run_info.json).
+readme: $(STAMP)
+	$(BIN)/python tools/readme_results.py --run $(OUT)/demo_cpu
+
+# JupyterLab on nbs/ (installed into .venv on first use). The notebooks name the kernel `python3`; here it is this
+# venv's Python (registered in .venv, and .venv's Jupyter folder comes first), so notebooks run without switching
+# kernels (as root, e.g. in a container, with --allow-root). More options: make lab LAB_ARGS='--no-browser --port 8899'
+$(LAB_STAMP): $(STAMP)
+	$(BIN)/pip install -q 'jupyterlab>=4.2,<5' 'ipywidgets>=8.1,<9'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name 'Python 3 (gol_nb .venv)'
+	touch $(LAB_STAMP)
+
+lab: $(LAB_STAMP)
+	JUPYTER_PATH=$(abspath $(VENV))/share/jupyter $(BIN)/jupyter lab --notebook-dir=nbs \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_losses.py

@@ -37,7 +37,8 @@ def get_activation(name: str # one of 'gumbel', 'sigmoid', 'softmax'
                   ) -> Callable[[torch.Tensor], torch.Tensor]:
     "The activation called `name`."
     try: return ACTIVATIONS[name]
-    except KeyError: raise ValueError(f"get_activation: unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+    except KeyError:
+        raise ValueError(f"get_activation: unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
 
 # %% ../nbs/00_activations.ipynb #bf998922
 Z_MIN = -50.  # below this standardised logit the positive loss exp(-z) saturates at exp(50)

@@ -100,7 +100,7 @@ def _columns(lvis: dict):
         raise ValueError('bad annotation')
     return cat_ids, ii, ci, box, h[ii], w[ii]
 
-def object_distribution(lvis: str | os.PathLike | dict, # LVIS annotation file (validated) or dict (ids, sizes, boxes checked)
+def object_distribution(lvis: str | os.PathLike | dict, # LVIS annotation file (validated) or dict (ids, sizes, boxes)
                         grid: int = 16, # G: cells per side of the grid
                        ) -> ObjectDistribution:
     "Ground-truth object distribution of an LVIS set on a G x G grid (box centres, normalised by image size)."
@@ -134,8 +134,8 @@ def fit_distributions(values: np.ndarray, # 1-d sample (e.g. the non-zero P(y, u
     return pd.DataFrame(rows).sort_values('aic').reset_index(drop=True)
 
 # %% ../nbs/03_object_distribution.ipynb #c853376a
-def predicted_distribution(detections: list | str | os.PathLike, # LVIS results: list of {'image_id', 'category_id', 'bbox', 'score'}, or a json file
-                           lvis: str | os.PathLike | dict, # the LVIS annotations the detections were made on (image sizes, categories)
+def predicted_distribution(detections: list | str | os.PathLike, # LVIS results (image_id, category_id, bbox, score) or json
+                           lvis: str | os.PathLike | dict, # annotations the detections were made on (sizes, categories)
                            grid: int = 16, # G: cells per side
                            score_thresh: float = 0.0, # detections scoring below are left out
                           ) -> ObjectDistribution:
@@ -144,7 +144,8 @@ def predicted_distribution(detections: list | str | os.PathLike, # LVIS results:
     if not isinstance(lvis, dict): lvis = load_lvis(lvis)
     if isinstance(detections, (str, os.PathLike)):
         with open(detections) as f: detections = json.load(f)
-    if not isinstance(detections, list): raise TypeError(f"detections must be a list of records, got {type(detections).__name__}")
+    if not isinstance(detections, list):
+        raise TypeError(f"detections must be a list of records, got {type(detections).__name__}")
     try:
         cat_ids = np.sort(np.array([c['id'] for c in lvis['categories']], np.int64))
         img_ids, h, w = _image_index(lvis)
@@ -171,13 +172,16 @@ def _explain_bad_detection(dets: list, img_ids: set, cat_ids: set):
     for i, d in enumerate(dets):
         where = f"detections[{i}]"
         if not isinstance(d, dict): raise ValueError(f"{where} must be an object, got {type(d).__name__}")
-        if d.get('image_id') not in img_ids: raise ValueError(f"{where}: field 'image_id' refers to no image of the annotations: {d.get('image_id')!r}")
-        if d.get('category_id') not in cat_ids: raise ValueError(f"{where}: field 'category_id' is not a known category: {d.get('category_id')!r}")
+        if d.get('image_id') not in img_ids:
+            raise ValueError(f"{where}: field 'image_id' refers to no image of the annotations: {d.get('image_id')!r}")
+        if d.get('category_id') not in cat_ids:
+            raise ValueError(f"{where}: field 'category_id' is not a known category: {d.get('category_id')!r}")
         s = d.get('score')
         if isinstance(s, bool) or not isinstance(s, (int, float, np.number)) or not (math.isfinite(s) and s >= 0):
             raise ValueError(f"{where}: field 'score' must be a finite number >= 0, got {s!r}")
         b = d.get('bbox')
-        if not (isinstance(b, (list, tuple, np.ndarray)) and len(b) == 4 and all(isinstance(x, (int, float, np.number)) and math.isfinite(x) for x in b)):
+        numbers = isinstance(b, (list, tuple, np.ndarray)) and len(b) == 4
+        if not (numbers and all(isinstance(x, (int, float, np.number)) and math.isfinite(x) for x in b)):
             raise ValueError(f"{where}: field 'bbox' must be 4 finite numbers [x, y, w, h], got {b!r}")
     raise ValueError("detections: malformed records (could not locate the bad one)")
 
@@ -186,7 +190,8 @@ def kl_divergence(pred: ObjectDistribution, # predicted distribution Q (e.g. `pr
                   eps: float = 1e-8, # smoothing added to every cell of P(u|y) and Q(u|y) before renormalising
                  ) -> np.ndarray:
     "(C,) per-class KL(P(u|y) || Q(u|y)) over the grid cells, ground truth against prediction; NaN where P has no object."
-    if pred.p_obj.shape != gt.p_obj.shape: raise ValueError(f"grids differ: pred {pred.grid} x {pred.grid}, gt {gt.grid} x {gt.grid}")
+    if pred.p_obj.shape != gt.p_obj.shape:
+        raise ValueError(f"grids differ: pred {pred.grid} x {pred.grid}, gt {gt.grid} x {gt.grid}")
     if not np.array_equal(pred.category_ids, gt.category_ids): raise ValueError("pred and gt have different category_ids")
     if not eps > 0: raise ValueError(f"eps must be > 0, got {eps!r}")
     C, n = len(gt.category_ids), gt.grid ** 2

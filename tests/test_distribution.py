@@ -198,6 +198,7 @@ def test_benchmark_script_runs_small(capsys):
     assert (counts > 100).sum() == 405 and 320 <= (counts <= 10).sum() <= 345  # LVIS v1: 405 frequent, 337 rare
     lv = bench.synthetic_lvis(300, 4000, 40, seed=0)
     assert len(lv['annotations']) == 4000 and load_lvis(lv) is not None
-    bench.main(['--images', '300', '--boxes', '4000', '--classes', '40', '--eval-images', '12', '--dets', '20'])
+    bench.main(['--images', '300', '--boxes', '4000', '--classes', '40', '--poly-points', '7'])
     out = capsys.readouterr().out
-    assert 'object_distribution' in out and 'repeat_factors' in out and 'lvis-api / faster time ratio' in out
+    assert 'object_distribution' in out and 'repeat_factors' in out and '56,000 polygon coordinates' in out
+    assert 'LVISDetection(train=True) construction' in out and 'images holding >= 1 annotation' in out

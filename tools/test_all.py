@@ -1,4 +1,5 @@
-"""The project's whole test run: notebooks clean and exported, `nbdev_test` on every notebook, `pytest tests/`.
+"""The project's whole test run: notebooks clean and exported, `nbdev_test` on every notebook, `pytest tests/`
+(which includes tests/test_notebooks.py: every notebook under papermill, as a researcher runs it headless).
 
 Prints one closing line `N passed, N failed` (notebooks and pytest tests together) and exits non-zero on any
 failure. Run it through `make test`, which creates the virtual environment first.
@@ -40,10 +41,21 @@ def notebooks() -> list[Path]:
     return sorted(p for p in (ROOT / 'nbs').glob('*.ipynb') if not p.name.startswith('_'))
 
 
+def papermill_notebooks() -> list[Path]:
+    "Notebooks with a cell tagged `parameters`: tests/test_notebooks.py runs them under papermill, nbdev_test skips them."
+    import json
+    def tagged(p):
+        cells = json.loads(p.read_text(encoding='utf-8'))['cells']
+        return any('parameters' in c.get('metadata', {}).get('tags', []) for c in cells)
+    return [p for p in notebooks() if tagged(p)]
+
+
 def run_nbdev_test(flags: str) -> tuple[int, list[str]]:
-    "(passed, failed notebook names)."
-    nbs = notebooks()
-    cmd = [str(BIN / 'nbdev_test'), '--do_print', '--timing']
+    "(passed, failed notebook names) of nbdev_test on the library notebooks (each notebook runs once in `make test`)."
+    skip = papermill_notebooks()
+    nbs = [p for p in notebooks() if p not in skip]
+    cmd = [str(BIN / 'nbdev_test'), '--do_print', '--timing',
+           '--skip_file_re', '^[_.]' + ''.join(f'|^{re.escape(p.name)}$' for p in skip)]
     if flags: cmd += ['--flags', flags]
     proc = run(cmd, capture_output=True)
     out = proc.stdout + proc.stderr
@@ -57,10 +69,11 @@ def run_nbdev_test(flags: str) -> tuple[int, list[str]]:
     return len(nbs) - len([f for f in failed if f.endswith('.ipynb')]), failed
 
 
-def run_pytest(args: list[str]) -> tuple[int, int, int]:
-    "(passed, failed, skipped) of pytest."
+def run_pytest(args: list[str], flags: str) -> tuple[int, int, int]:
+    "(passed, failed, skipped) of pytest; `flags` reach tests/test_notebooks.py as GOL_TEST_FLAGS."
     if not list((ROOT / 'tests').glob('test_*.py')): return 0, 0, 0
-    proc = run([str(BIN / 'pytest'), 'tests', '-q', '-p', 'no:cacheprovider', *args], capture_output=True)
+    proc = run([str(BIN / 'pytest'), 'tests', '-q', '-p', 'no:cacheprovider', '--durations=10', *args], capture_output=True,
+               env=dict(os.environ, GOL_TEST_FLAGS=flags))
     out = proc.stdout + proc.stderr
     print(out, flush=True)
     summary = out.strip().splitlines()[-1] if out.strip() else ''
@@ -78,14 +91,18 @@ def main():
     a = ap.parse_args()
     t0 = time.time()
     failures = [] if a.skip_clean_check else check_clean_and_exported()
+    t1 = time.time()
     nb_passed, nb_failed = run_nbdev_test(a.flags)
-    py_passed, py_failed, py_skipped = run_pytest(a.pytest_args)
+    t2 = time.time()
+    py_passed, py_failed, py_skipped = run_pytest(a.pytest_args, a.flags)
+    t3 = time.time()
     passed = nb_passed + py_passed + (0 if a.skip_clean_check else 2 - len(failures))
     failed = len(nb_failed) + py_failed + len(failures)
-    print(f"\nnotebooks: {nb_passed} passed, {len(nb_failed)} failed {nb_failed or ''}")
+    print(f"\nnotebooks (nbdev_test; the papermill notebooks run in pytest): {nb_passed} passed, "
+          f"{len(nb_failed)} failed {nb_failed or ''}")
     print(f"pytest: {py_passed} passed, {py_failed} failed, {py_skipped} skipped")
     print(f"clean/export checks: {'skipped' if a.skip_clean_check else 'failed ' + str(failures) if failures else 'passed'}")
-    print(f"wall time: {time.time() - t0:.0f} s")
+    print(f"wall time: {t3 - t0:.0f} s (clean/export {t1 - t0:.0f} s, nbdev_test {t2 - t1:.0f} s, pytest {t3 - t2:.0f} s)")
     print(f"{passed} passed, {failed} failed" + (f", {py_skipped} skipped" if py_skipped else ''))
     sys.exit(1 if failed else 0)
 
