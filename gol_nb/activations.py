@@ -18,7 +18,7 @@ def gumbel(q: torch.Tensor, # logits, any shape
            mu: float = 0.,  # location of the Gumbel prior
            beta: float = 1. # scale of the Gumbel prior (> 0)
           ) -> torch.Tensor:
-    "Gumbel activation (Eq. 7): the Gumbel CDF $\exp(-\exp(-(q-\mu)/\beta))$."
+    r"Gumbel activation (Eq. 7): the Gumbel CDF $\exp(-\exp(-(q-\mu)/\beta))$."
     if beta <= 0: raise ValueError(f"gumbel: beta must be > 0, got {beta}")
     return torch.exp(-torch.exp(-(q - mu) / beta))
 
@@ -46,7 +46,7 @@ Z_SERIES = 20. # above this, log(1 - exp(-a)) = -z - a/2 to fp32 precision
 
 def log1mexp(a: torch.Tensor # non-negative input
             ) -> torch.Tensor:
-    "$\log(1 - e^{-a})$ for $a \ge 0$, accurate for tiny and for large `a` (Mächler's switch at log 2)."
+    r"$\log(1 - e^{-a})$ for $a \ge 0$, accurate for tiny and for large `a` (Mächler's switch at log 2)."
     small = a <= math.log(2.)
     a_small = torch.where(small, a, torch.ones_like(a))  # safe input for each branch
     a_large = torch.where(small, torch.ones_like(a), a)
@@ -59,11 +59,11 @@ def _standardise(q, mu, beta):
     return ((q - mu) / beta).clamp(min=Z_MIN)
 
 def log_gumbel(q: torch.Tensor, mu: float = 0., beta: float = 1.) -> torch.Tensor:
-    "$\log \eta_{gumbel}(q) = -\exp(-z)$, finite for every finite `q`."
+    r"$\log \eta_{gumbel}(q) = -\exp(-z)$, finite for every finite `q`."
     return -torch.exp(-_standardise(q, mu, beta))
 
 def log1m_gumbel(q: torch.Tensor, mu: float = 0., beta: float = 1.) -> torch.Tensor:
-    "$\log(1 - \eta_{gumbel}(q))$, finite and accurate to fp32 relative precision for every finite `q`."
+    r"$\log(1 - \eta_{gumbel}(q))$, finite and accurate to fp32 relative precision for every finite `q`."
     z = _standardise(q, mu, beta)
     far = z > Z_SERIES
     z_near = torch.where(far, torch.zeros_like(z), z)
