@@ -4,11 +4,13 @@
 
 # %% ../nbs/08_mmdet_plugin.ipynb #1ea53f01
 from __future__ import annotations
-import functools, os
+import contextlib, functools, io, os
 from pathlib import Path
 import torch
 from mmdet.registry import MODELS, DATASETS, METRICS
-from mmdet.datasets import CocoDataset
+with contextlib.redirect_stdout(io.StringIO()) as _import_output:  # mmdet prints a DEBUG note here: drop that line
+    from mmdet.datasets import CocoDataset
+print(''.join(l for l in _import_output.getvalue().splitlines(True) if 'Could not import OneDL' not in l), end='')
 from mmengine.evaluator import BaseMetric
 from .losses import CLASS_STATS_LOSSES, build_loss
 from .data import load_lvis, class_statistics, LVISDetection
