@@ -155,3 +155,18 @@ def test_notebook_defaults_agree():
         assert p9[k]['default'] == p10[k]['default'], k
     for p in (p9, p10):
         assert all(v['inferred_type_name'] != 'None' for v in p.values()), p
+
+
+def test_gpus_2_launches_each_run_under_torchrun_on_cuda(tmp_path, data_root, monkeypatch):
+    "gpus >= 2: every run goes to run_training with nproc = gpus (torchrun) and device cuda; the device check is once."
+    import gol_nb.studies as S
+    launched, checked = [], []
+    def fake_run_training(cfg, nproc=1, **kw):
+        launched.append((cfg.preset, cfg.seed, nproc, cfg.device))
+        return {k: 0.2 for k in METRICS}
+    monkeypatch.setattr(S, 'run_training', fake_run_training)
+    monkeypatch.setattr(S, 'require_devices', lambda n, device, gpus=False: checked.append((n, device, gpus)))
+    runs = run_study('activations', tmp_path / 's', [0, 1], gpus=2, sampler='random', recipe='smoke', log=lambda s: None)
+    rows = list(select_rows('activations', 'random'))
+    assert launched == [(r, s, 2, 'cuda') for r in rows for s in (0, 1)]
+    assert checked == [(2, 'cuda', True)] and (runs['status'] == 'finished').all()
