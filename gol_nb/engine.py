@@ -679,11 +679,13 @@ class RunGuard:
               loss: torch.Tensor,          # the summed loss
               parts: dict | None = None,   # its terms, named in the error
               params: Iterable[torch.nn.Parameter] | None = None, # check their gradients too (None: skip)
+              grad_norm: torch.Tensor | None = None, # their total norm, if the caller has it (`clip_grad_norm_`)
              ) -> None:
         "Raise NonFiniteError if the loss or gradients hold NaN/Inf; agree on stop/checkpoint flags across ranks."
         dev = loss.device
         bad_grad = torch.zeros((), device=dev)
-        if params is not None:
+        if params is not None and grad_norm is not None: bad_grad = (~torch.isfinite(grad_norm)).float().to(dev)
+        elif params is not None:
             grads = [p.grad for p in params if p.grad is not None]
             if grads:
                 total = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)

@@ -231,6 +231,12 @@ def test_guard_catches_nonfinite_on_the_iteration_before_the_step():
     assert torch.isfinite(w).all() and w.tolist() == pytest.approx([0.7] * 3)  # 3 steps taken, not the 4th
     w.grad = torch.tensor([1., float('inf'), 0.])
     with pytest.raises(NonFiniteError, match='non-finite gradients at iteration 9'): RunGuard(None).check(9, w.sum().detach(), None, [w])
+    # the norm gradient clipping returned is the one checked (it is not computed again)
+    norm = torch.nn.utils.clip_grad_norm_([w], 10.)
+    with pytest.raises(NonFiniteError, match='non-finite gradients at iteration 10'):
+        RunGuard(None).check(10, w.sum().detach(), None, [w], grad_norm=norm)
+    w.grad = torch.ones(3)
+    RunGuard(None).check(11, w.sum().detach(), None, [w], grad_norm=torch.nn.utils.clip_grad_norm_([w], 10.))
 
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])

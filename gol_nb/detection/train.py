@@ -181,10 +181,11 @@ def train(cfg: DetConfig # the run's configuration
                 loss = sum(losses.values())
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                grad_norm = None
+                if cfg.grad_clip:  # the norm clipping computes is the one the guard checks (not computed twice)
+                    scaler.unscale_(opt); grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 # NaN/Inf stop here, before the step; with an fp16 GradScaler Inf gradients are its business
-                guard.check(iteration + 1, loss, losses, None if scaler.is_enabled() else params)
+                guard.check(iteration + 1, loss, losses, None if scaler.is_enabled() else params, grad_norm)
                 scaler.step(opt); scaler.update()
                 iteration += 1; k += 1
                 guard.stepped(iteration, params)
