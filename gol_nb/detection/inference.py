@@ -139,8 +139,8 @@ def evaluate_detector(model: torch.nn.Module, # the detector (unwrapped)
 def checkpoint_classes(source # the training set: an LVISDetection, an LVIS dict or annotation file
                       ) -> dict:
     "The record of the model's classes a checkpoint stores as 'classes': ids, names, image counts, frequency, images."
-    stats = source.class_statistics() if hasattr(source, 'class_statistics') else class_statistics(load_lvis(source))
-    lvis = source.lvis if hasattr(source, 'lvis') else load_lvis(source)
+    lvis = source.lvis if hasattr(source, 'lvis') else load_lvis(source)  # a file is read once
+    stats = source.class_statistics() if hasattr(source, 'class_statistics') else class_statistics(lvis)
     names = {c['id']: c.get('name') or str(c['id']) for c in lvis['categories']}
     ids = [int(i) for i in stats.category_ids]
     return {'category_ids': ids, 'names': [names[i] for i in ids], 'image_counts': [int(c) for c in stats.image_counts],
