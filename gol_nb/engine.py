@@ -24,8 +24,8 @@ __all__ = ['RUN_DEVICES', 'RUN_FILES', 'disk_full_error', 'atomic_write_bytes', 
            'run_contents', 'run_status', 'resume_changes', 'RunState', 'prepare_run', 'check_state_shapes', 'scaled_lr',
            'schedule_lr', 'DistInfo', 'init_distributed', 'is_main_process', 'barrier', 'cleanup_distributed',
            'DeviceError', 'require_devices', 'RunInterrupted', 'RunGuard', 'RankFailedError', 'launch_torchrun',
-           'read_jsonl', 'JSONLLogger', 'OneLineParser', 'config_help', 'trainer_parser', 'parse_trainer_args',
-           'run_trainer_cli']
+           'launch_run', 'read_jsonl', 'JSONLLogger', 'OneLineParser', 'config_help', 'trainer_parser',
+           'parse_trainer_args', 'run_trainer_cli']
 
 # %% ../nbs/04_engine.ipynb #bda434c3
 def _current_umask() -> int:
@@ -902,6 +902,20 @@ def launch_torchrun(module: str,            # module with a `main`, run as `pyth
         raise RankFailedError(f"torchrun {module} ({nproc} processes) failed: rank {rank} exited with code {rcode}; "
                               f"its traceback (from {rank_logs[rank]}):\n{tb}\nEvery rank's output: {logs}/rank*.log")
     raise RankFailedError(f"torchrun {module} ({nproc} processes) failed with exit code {code}; last output:\n{out}")
+
+# %% ../nbs/04_engine.ipynb #8c8b45fa
+def launch_run(cfg: RunConfig,           # the run's config (any trainer's)
+               module: str,              # the trainer module; its `main` takes `--config <yaml>`
+               nproc: int,               # processes
+               result: str = 'metrics.json', # the file rank 0 writes at the end, read back
+               env: dict | None = None,  # extra environment of the ranks
+              ) -> dict:
+    "Run a trainer on `cfg` under torchrun (config saved as `launch_config.yaml` in the run folder); return its result."
+    out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
+    path = out / 'launch_config.yaml'
+    save_config(cfg, path)
+    launch_torchrun(module, ['--config', str(path)], nproc, env=env, run_dir=out, hang_timeout=cfg.hang_timeout)
+    return json.loads((out / result).read_text())
 
 # %% ../nbs/04_engine.ipynb #11e7f9bf
 def read_jsonl(path: str | Path # a JSON-lines file

@@ -16,9 +16,9 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 from mmengine.runner import Runner, EpochBasedTrainLoop, weights_to_cpu
 from mmdet.registry import HOOKS, LOOPS, OPTIM_WRAPPERS
-from .engine import (RunConfig, check_run_config, apply_overrides, load_config, config_to_dict, save_config,
+from .engine import (RunConfig, check_run_config, apply_overrides, load_config, config_to_dict,
                            prepare_run, save_checkpoint, RunGuard, RunInterrupted, init_distributed,
-                           cleanup_distributed, barrier, launch_torchrun, scaled_lr, JSONLLogger, atomic_write_json,
+                           cleanup_distributed, barrier, launch_run, scaled_lr, JSONLLogger, atomic_write_json,
                            atomic_write_text, trainer_parser, parse_trainer_args, run_trainer_cli, rng_state,
                            set_rng_state, require_devices)
 from .data import load_lvis, check_train_val, DataSource, resolve_data
@@ -445,15 +445,9 @@ SMOKE_OVERRIDES = ['synth_num_train=8', 'synth_num_val=4', 'synth_num_classes=6'
 
 def _launch(cfg: MMDetConfig, nproc: int, env: dict | None = None) -> dict:
     "Run `cfg` in `nproc` processes under torchrun; return the metrics rank 0 wrote."
-    out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
-    path = out / 'launch_config.yaml'
-    save_config(cfg, path)
     env = dict(env or {})
     if cfg.device == 'cpu': env.setdefault('CUDA_VISIBLE_DEVICES', '')
-    launch_torchrun('gol_nb.mmdet_runner', ['--config', str(path)], nproc, env=env,  # each rank: one process
-                    run_dir=out, hang_timeout=cfg.hang_timeout)
-    import json
-    return json.loads((out / 'metrics.json').read_text())
+    return launch_run(cfg, 'gol_nb.mmdet_runner', nproc, env=env)
 
 def run_mmdet(config: str,                 # a PAPER_CONFIGS name, an mmdet config file or a run's config.yaml
               overrides: list[str] | dict | None = None, # ['output_dir=runs/x', 'epochs=1', 'model.rpn_head...=']

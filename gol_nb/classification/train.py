@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 from ..losses import build_loss
 from ..engine import (RunConfig, check_run_config, atomic_write_json, save_checkpoint, init_distributed,
-                           cleanup_distributed, launch_torchrun, seed_everything, JSONLLogger, apply_overrides,
-                           save_config, load_config, load_checkpoint, config_to_dict, DistInfo, prepare_run,
+                           cleanup_distributed, launch_run, seed_everything, JSONLLogger, apply_overrides,
+                           load_config, load_checkpoint, config_to_dict, DistInfo, prepare_run,
                            check_state_shapes,
                            RunGuard, RunInterrupted, require_devices, rng_state, set_rng_state, scaled_lr, schedule_lr,
                            trainer_parser, parse_trainer_args, run_trainer_cli)
@@ -411,11 +411,7 @@ def launch(cfg: ClsConfig, # config to run
     return _launch(cfg, nproc)
 
 def _launch(cfg, nproc):
-    run_dir = Path(cfg.output_dir); run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / 'launch_config.yaml')
-    launch_torchrun('gol_nb.classification.train', ['--config', str(run_dir / 'launch_config.yaml')], nproc,
-                    run_dir=run_dir, hang_timeout=cfg.hang_timeout)
-    return json.loads((run_dir / 'results.json').read_text())
+    return launch_run(cfg, 'gol_nb.classification.train', nproc, 'results.json')
 
 def config_from_args(argv: list[str]) -> tuple[ClsConfig, int]:
     "Config and process count from command-line arguments (errors exit with one line)."

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..data import (LVISDetection, detection_collate, RepeatFactorSampler, check_train_set, check_train_val,
                          check_images, resolve_data)
 from ..engine import (atomic_write_json, atomic_write_text, save_checkpoint, init_distributed, cleanup_distributed,
-                           launch_torchrun, seed_everything, JSONLLogger, save_config, rng_state, set_rng_state,
+                           launch_run, seed_everything, JSONLLogger, rng_state, set_rng_state,
                            config_to_dict, prepare_run, check_state_shapes, RunGuard, RunInterrupted, require_devices,
                            scaled_lr, schedule_lr, trainer_parser, parse_trainer_args, run_trainer_cli, NonFiniteError)
 from . import config as detconfig
@@ -246,12 +246,7 @@ def run_training(cfg: DetConfig,           # the run's configuration
     require_devices(nproc, cfg.device, gpus=gpus)
     if nproc <= 1: return train(cfg)
     check_run(cfg, nproc)
-    out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
-    path = out / 'launch_config.yaml'
-    save_config(cfg, path)
-    launch_torchrun('gol_nb.detection.train', ['--config', str(path)], nproc, env=env, run_dir=out,
-                    hang_timeout=cfg.hang_timeout)
-    return json.loads((out / 'metrics.json').read_text())
+    return launch_run(cfg, 'gol_nb.detection.train', nproc, env=env)
 
 def _preset_lines() -> dict:
     "Preset name -> one-line description (A's PRESET_INFO where it has one)."
@@ -273,12 +268,7 @@ def main(argv: Optional[list[str]] = None # command-line arguments (default: sys
     p.add_argument('--check-images', action='store_true', help='open every training and validation image first')
     cfg, a = parse_trainer_args(p, argv, get_config, _preset_lines())
     def run(cfg, nproc):
-        if nproc > 1 and 'LOCAL_RANK' not in os.environ:
-            out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out / 'launch_config.yaml')
-            launch_torchrun('gol_nb.detection.train', ['--config', str(out / 'launch_config.yaml')], nproc,
-                            run_dir=out, hang_timeout=cfg.hang_timeout)
-            return json.loads((out / 'metrics.json').read_text())
+        if nproc > 1 and 'LOCAL_RANK' not in os.environ: return launch_run(cfg, 'gol_nb.detection.train', nproc)
         return train(cfg)
     metrics = run_trainer_cli(p, a, cfg, lambda c, n: check_run(c, n, images=a.check_images), run)
     if metrics: print(json.dumps({k: round(metrics[k], 4) for k in ('AP', 'APr', 'APc', 'APf', 'APb')}), flush=True)
