@@ -8,28 +8,38 @@ OUT ?= outputs
 LAB_STAMP := $(VENV)/.lab-installed
 LAB_ARGS ?=
 
-.PHONY: test test-slow demo readme lab install bench clean-nbs
+.PHONY: test test-slow demo readme lab install mmdet bench clean-nbs
 
-# mmdetection needs mmcv with its compiled ops, which exists only as source: tools/build_mmcv.sh compiles it against
-# this venv's torch once (10-45 min on 2 cores) and caches the wheel in ~/.cache/gol_nb/wheels, so later installs
-# take seconds. The runtime requirements (torch) go in first, the cached wheel is then given to pip by path (pip never
-# builds mmcv itself), and the superseded mmdet 3.3 stack (same import names) is removed.
-$(STAMP): settings.ini setup.py tools/build_mmcv.sh
+MMDET_STAMP := $(VENV)/.mmdet-installed
+
+# The package, its notebooks' tools (papermill, nbdev, pytest) and the torchvision engine: a few minutes.
+$(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 'setuptools>=70,<81' wheel
-	$(BIN)/pip install -q -e .
-	$(BIN)/pip uninstall -q -y mmdet mmengine mmcv-lite mmcv 2>/dev/null || true
-	MMCV_WHEEL=$$(bash tools/build_mmcv.sh $(BIN)/python) && $(BIN)/pip install -q -e '.[dev]' "$$MMCV_WHEEL"
+	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# The mmdetection engine, only where it is needed (make test, gol-train --engine mmdet, notebooks 08/08a): mmcv's
+# compiled ops exist only as source, so tools/build_mmcv.sh compiles them against this venv's torch once and caches
+# the wheel in ~/.cache/gol_nb/wheels (later installs take seconds). pip gets the wheel by path (it never builds mmcv
+# itself); the superseded mmdet 3.3 stack (same import names) is removed first.
+$(MMDET_STAMP): $(STAMP) tools/build_mmcv.sh
+	@echo "make mmdet: installing the mmdetection engine (needed by make test, gol-train --engine mmdet and notebooks" \
+	      "08/08a); the first time this compiles mmcv's ops, 10-45 min on 2 cores, then its wheel is cached."
+	$(BIN)/pip uninstall -q -y mmdet mmengine mmcv-lite mmcv 2>/dev/null || true
+	MMCV_WHEEL=$$(bash tools/build_mmcv.sh $(BIN)/python) && $(BIN)/pip install -q -e '.[dev,mmdet]' "$$MMCV_WHEEL"
+	touch $(MMDET_STAMP)
 
 install: $(STAMP)
 
+mmdet: $(MMDET_STAMP)
+
 # Notebooks clean and exported, nbdev_test on every notebook, pytest; closes with "N passed, N failed".
-test: $(STAMP)
+test: $(MMDET_STAMP)
 	$(BIN)/python tools/test_all.py
 
 # Also the cells flagged slow (long trainings, multi-process launches).
-test-slow: $(STAMP)
+test-slow: $(MMDET_STAMP)
 	$(BIN)/python tools/test_all.py --flags slow
 
 # The main job: the training notebook, headless, on the embedded synthetic data set. Each run trains afresh: it
@@ -44,7 +54,8 @@ demo: $(STAMP)
 readme: $(STAMP)
 	$(BIN)/python tools/readme_results.py --run $(OUT)/demo_cpu
 
-# JupyterLab on nbs/ (installed into .venv on first use). The notebooks name the kernel `python3`; here it is this
+# JupyterLab on the repository (installed into .venv on first use), opening in nbs/: outputs/ (executed notebooks)
+# and run folders are in reach too. The notebooks name the kernel `python3`; here it is this
 # venv's Python (registered in .venv, and .venv's Jupyter folder comes first), so notebooks run without switching
 # kernels (as root, e.g. in a container, with --allow-root). More options: make lab LAB_ARGS='--no-browser --port 8899'
 $(LAB_STAMP): $(STAMP)
@@ -53,7 +64,7 @@ $(LAB_STAMP): $(STAMP)
 	touch $(LAB_STAMP)
 
 lab: $(LAB_STAMP)
-	JUPYTER_PATH=$(abspath $(VENV))/share/jupyter $(BIN)/jupyter lab --notebook-dir=nbs \
+	JUPYTER_PATH=$(abspath $(VENV))/share/jupyter $(BIN)/jupyter lab --notebook-dir=. --LabApp.default_url=/lab/tree/nbs \
 		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 bench: $(STAMP)

@@ -15,6 +15,7 @@ py_versions = '3.10 3.11 3.12'.split()
 
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
+mmdet_requirements = cfg.get('mmdet_requirements', '').split()
 lic = licenses[cfg['license']]
 min_python = cfg['min_python']
 console_scripts = [s.replace('=', ' = ', 1) for s in cfg.get('console_scripts', '').split()]
@@ -32,7 +33,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['gol_nb', 'gol_nb.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'mmdet': mmdet_requirements},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
