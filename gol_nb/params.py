@@ -73,7 +73,9 @@ def as_int(value: Any, # an int, or a string of digits such as '3'
            low: int | None = None, # the smallest value allowed (None: any)
           ) -> int:
     "An integer parameter; a float (`-p epochs 2.5`), a boolean or a non-number is refused, naming the parameter."
-    if isinstance(value, str) and value.strip().lstrip('+-').isdigit(): value = int(value.strip())
+    if isinstance(value, str):
+        try: value = int(value.strip())
+        except ValueError: pass  # refused below, as given
     if isinstance(value, bool) or not isinstance(value, int):
         raise ParameterError(f"parameter {name!r}: expected an integer, got {value!r}")
     if low is not None and value < low:
