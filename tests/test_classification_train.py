@@ -280,7 +280,9 @@ def _papermill_07(tmp_path, name, *params):
 @pytest.mark.parametrize('params,msg', [
     (['-p', 'imb_factors', '[10, 0]'], "ValueError: parameter 'imb_factors': the imbalance factor n_max / n_min"),
     (['-p', 'epochs', '2.5'], "ParameterError: parameter 'epochs': expected an integer, got 2.5"),
-], ids=['if0', 'float-epochs'])
+    (['-p', 'overrides', "['epochz=3']"], "ParameterError: parameter 'overrides' (on preset mnist_lt_demo): "
+                                           "ClsConfig: unknown key 'epochz'"),
+], ids=['if0', 'float-epochs', 'overrides'])
 def test_notebook_07_refuses_bad_parameters_naming_them(tmp_path, params, msg):
     "IF 0 trained (with the preset's IF, labelled as the dataset) and epochs 2.5 ran; both now stop before any run."
     rc, out = _papermill_07(tmp_path, '07.ipynb', *params)
