@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import yaml
 
 # %% auto #0
-__all__ = ['ParameterError', 'as_list', 'as_bool', 'as_choice', 'gpus_parameter']
+__all__ = ['ParameterError', 'as_list', 'as_bool', 'as_choice', 'as_int', 'gpus_parameter']
 
 # %% ../nbs/04f_params.ipynb #e8dd5ac1
 class ParameterError(ValueError):
@@ -65,6 +65,21 @@ def as_choice(value: Any, # the parameter's value
     "`value` if it is one of `choices`, else an error listing them."
     choices = list(choices)
     if value not in choices: raise ParameterError(f"parameter {name!r}: expected one of {choices}, got {value!r}")
+    return value
+
+# %% ../nbs/04f_params.ipynb #c4d7026f
+def as_int(value: Any, # an int, or a string of digits such as '3'
+           name: str, # the parameter's name, for error messages
+           low: int | None = None, # the smallest value allowed (None: any)
+          ) -> int:
+    "An integer parameter; a float (`-p epochs 2.5`), a boolean or a non-number is refused, naming the parameter."
+    if isinstance(value, str):
+        try: value = int(value.strip())
+        except ValueError: pass  # refused below, as given
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParameterError(f"parameter {name!r}: expected an integer, got {value!r}")
+    if low is not None and value < low:
+        raise ParameterError(f"parameter {name!r}: expected an integer >= {low}, got {value!r}")
     return value
 
 # %% ../nbs/04f_params.ipynb #1b7f007c

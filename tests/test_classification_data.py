@@ -133,3 +133,77 @@ def test_shot_groups():
     c = np.asarray(counts)
     assert (g[c > 100] == 0).all() and (g[(c >= 20) & (c <= 100)] == 1).all() and (g[c < 20] == 2).all()
     assert shot_groups([400, 80, 81, 16, 15], scaled=True).tolist() == [0, 1, 0, 1, 2]
+
+
+def _cifar10_batch(folder, data, labels):
+    with open(folder / 'data_batch_1', 'wb') as f: pickle.dump({b'data': data, b'labels': labels}, f)
+
+
+@pytest.mark.parametrize('data,value', [(np.full((2, 3072), 300.0), '300.0'), (np.full((2, 3072), -5, np.int16), '-5'),
+                                        (np.full((2, 3072), 2.5), '2.5'), (np.full((2, 3072), np.nan), 'nan')])
+def test_cifar_pixels_a_uint8_cast_would_change_are_refused(tmp_path, data, value):
+    "300.0 wrapped to 44 and int16 -5 to 251 before: now a sentence naming the file, the field and the value."
+    folder = write_fake_cifar(tmp_path, 10, per_class=2)
+    data[1, :] = 7; data[0, :5] = 7  # the first bad value is image 0, value 5
+    _cifar10_batch(folder, data, [0, 1])
+    msg = rf"data_batch_1: field b'data', image 0, value 5: {value} is not a pixel value"
+    with pytest.raises(ValueError, match=msg):
+        cifar_lt(tmp_path, 10, imb_factor=1)
+
+
+def test_cifar_pixels_of_another_dtype_that_fit_are_kept(tmp_path):
+    folder = write_fake_cifar(tmp_path, 10, per_class=2)
+    data = np.arange(2 * 3072).reshape(2, 3072) % 256
+    _cifar10_batch(folder, data.astype(np.int16), [0, 1])
+    x, _ = load_cifar_pickle(folder / 'data_batch_1', b'labels')
+    assert x.dtype == np.uint8 and np.array_equal(x.transpose(0, 3, 1, 2).reshape(2, 3072), data)
+
+
+@pytest.mark.parametrize('labels,got', [(['cat', 'dog'], "str 'cat'"), ([0, 1.5], 'float 1.5'),
+                                        ([True, 0], 'bool True'), ([b'0', b'1'], "bytes b'0'")])
+def test_cifar_labels_must_be_integers(tmp_path, labels, got):
+    folder = write_fake_cifar(tmp_path, 10, per_class=2)
+    _cifar10_batch(folder, np.zeros((2, 3072), np.uint8), labels)
+    msg = rf"data_batch_1: field b'labels' must be a list of integer class labels, got {got}"
+    with pytest.raises(ValueError, match=msg):
+        load_cifar_pickle(folder / 'data_batch_1', b'labels')
+
+
+@pytest.mark.parametrize('content,msg', [(b'\x80\x04garbage', 'not a CIFAR python pickle of class names'),
+                                         (pickle.dumps({b'label_names': [b'a', b'b']}), 'lists 10 class names, got 2'),
+                                         (pickle.dumps([1, 2]), 'got a list without that key')],
+                         ids=['garbage', 'too-few-names', 'not-a-dict'])
+def test_corrupt_batches_meta_is_named(tmp_path, content, msg):
+    folder = write_fake_cifar(tmp_path, 10, per_class=2)
+    (folder / 'batches.meta').write_bytes(content)
+    with pytest.raises(ValueError, match=f'batches.meta: .*{msg}'): cifar_lt(tmp_path, 10, imb_factor=1, train=False)
+
+
+def test_list_file_with_a_utf8_bom_is_read(tmp_path):
+    "A byte-order mark (Windows editors) was read as part of the first path, which then 'did not exist'."
+    _fake_tree(tmp_path)
+    (tmp_path / 'b.txt').write_bytes(b'\xef\xbb\xbfn0/0.jpg 0\r\nn1/0.jpg 1\r\n')
+    ds = ListFileDataset(tmp_path / 'img', tmp_path / 'b.txt')
+    assert ds.paths == ['n0/0.jpg', 'n1/0.jpg'] and ds.targets.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize('content,msg', [(b'n0/0.jpg 0\n\x89PNG\r\n\x1a\n\0\0\0\rIHDR', r'b.txt: byte 19 is NUL'),
+                                         (b'n0/0.jpg 0\nn1/\xff.jpg 1\n', r'b.txt:2: byte 0xff is not UTF-8 text'),
+                                         ('n0/0.jpg 0\n'.encode('utf-16'), r'b.txt: byte 3 is NUL')],
+                         ids=['png', 'latin-1', 'utf-16'])
+def test_binary_list_file_is_refused_naming_it(tmp_path, content, msg):
+    _fake_tree(tmp_path)
+    (tmp_path / 'b.txt').write_bytes(content)
+    with pytest.raises(ValueError, match=msg): read_split_list(tmp_path / 'b.txt')
+
+
+def test_corrupt_listed_jpeg_names_the_list_line_and_file(tmp_path):
+    _fake_tree(tmp_path)
+    (tmp_path / 'l.txt').write_text('n0/0.jpg 0\n\nn1/0.jpg 1\nn1/1.jpg 1\n')
+    jpg = tmp_path / 'img' / 'n1' / '1.jpg'
+    ds = ListFileDataset(tmp_path / 'img', tmp_path / 'l.txt')
+    jpg.write_bytes(jpg.read_bytes()[:150])  # truncated
+    with pytest.raises(OSError, match=rf"l.txt:4: {jpg}: cannot be decoded .*expected a JPEG"): ds[2]
+    jpg.write_bytes(b'not an image')
+    with pytest.raises(OSError, match=rf"l.txt:4: {jpg}: not an image file"): ds[2]
+    assert ds[1][1] == 1  # the others still load

@@ -240,3 +240,65 @@ def test_cli_forms(capsys):
     for k in ('--config', '--nproc', '--gpus', '--list-presets', 'lr_gamma=0.1', 'checkpoint_minutes=15.0',
               'resume=false', 'accept_changes=[]'):
         assert k in h, k
+
+
+def test_check_config_refuses_a_float_for_an_int_field_and_if_below_1(tmp_path):
+    with pytest.raises(ValueError, match=r'ClsConfig: epochs=2.5: expected int'):
+        check_config(_tiny_cfg(tmp_path, epochs=2.5))
+    with pytest.raises(ValueError, match=r'ClsConfig: imb_factor: the imbalance factor n_max / n_min must be a finite '
+                                         r'number >= 1, got 0'):
+        check_config(_tiny_cfg(tmp_path, imb_factor=0))
+
+
+def test_finished_results_only_for_the_config_it_ran(tmp_path):
+    "A finished run is reused by notebook 07 only if it ran the config asked for (bookkeeping keys aside)."
+    cfg = _tiny_cfg(tmp_path, epochs=1, max_iters=2, imb_factor=10)
+    assert T.finished_results(cfg) is None  # nothing there yet
+    r = train(cfg)
+    again = T.finished_results(replace(cfg, resume=True, num_workers=1, data_root='elsewhere', device='cpu'))
+    assert again['final']['top1'] == r['final']['top1']
+    with pytest.raises(ConfigMismatchError, match=r'holds a finished run with other settings \(epochs 1 -> 2\)'):
+        T.finished_results(replace(cfg, epochs=2))
+    with pytest.raises(ConfigMismatchError, match=r"loss 'softmax' -> 'gumbel', max_iters 2 -> 3\)"):
+        T.finished_results(replace(cfg, loss='gumbel', max_iters=3))
+    (tmp_path / 'run' / 'config.yaml').write_text('[unclosed')
+    with pytest.raises(ConfigMismatchError, match='holds results but no readable config.yaml'): T.finished_results(cfg)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _papermill_07(tmp_path, name, *params):
+    "Notebook 07 under papermill in a real kernel, from the repository root: (returncode, stdout + stderr)."
+    env = dict(os.environ, MPLBACKEND='Agg')
+    p = subprocess.run([sys.executable, '-m', 'papermill', 'nbs/07_lt_classification.ipynb', str(tmp_path / name),
+                        '-p', 'output_dir', str(tmp_path / 'runs'), *params], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    return p.returncode, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize('params,msg', [
+    (['-p', 'imb_factors', '[10, 0]'], "ValueError: parameter 'imb_factors': the imbalance factor n_max / n_min"),
+    (['-p', 'epochs', '2.5'], "ParameterError: parameter 'epochs': expected an integer, got 2.5"),
+    (['-p', 'overrides', "['epochz=3']"], "ParameterError: parameter 'overrides' (on preset mnist_lt_demo): "
+                                           "ClsConfig: unknown key 'epochz'"),
+], ids=['if0', 'float-epochs', 'overrides'])
+def test_notebook_07_refuses_bad_parameters_naming_them(tmp_path, params, msg):
+    "IF 0 trained (with the preset's IF, labelled as the dataset) and epochs 2.5 ran; both now stop before any run."
+    rc, out = _papermill_07(tmp_path, '07.ipynb', *params)
+    assert rc != 0 and msg in out, out[-3000:]
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_notebook_07_does_not_reuse_runs_trained_with_other_settings(tmp_path):
+    "Run with 1 epoch, then ask for 2 in the same output_dir: Table 4 came from the 1-epoch runs; now it stops."
+    small = ['-p', 'imb_factors', '[10]', '-p', 'seeds', '[0]', '-p', 'variants', "['softmax_e2e']",
+             '-p', 'stage2_epochs', '1', '-p', 'overrides', "['max_iters=2']"]
+    rc, out = _papermill_07(tmp_path, 'a.ipynb', '-p', 'epochs', '1', *small)
+    assert rc == 0, out[-3000:]
+    rc, out = _papermill_07(tmp_path, 'b.ipynb', '-p', 'epochs', '2', *small)
+    assert rc != 0 and 'holds a finished run with other settings (epochs 1 -> 2)' in out, out[-3000:]
+    done = tmp_path / 'runs' / 'if10' / 'seed0' / 'softmax_e2e' / 'results.json'
+    before = done.stat().st_mtime_ns
+    rc, out = _papermill_07(tmp_path, 'c.ipynb', '-p', 'epochs', '1', *small)  # the same settings: reused as is
+    assert rc == 0 and done.stat().st_mtime_ns == before, out[-3000:]

@@ -71,6 +71,40 @@ def test_load_lvis_bad_files(tmp_path):
     with pytest.raises(LVISFormatError, match='top level'): load_lvis(_write(tmp_path, [1, 2]))
 
 
+@pytest.mark.parametrize('content', [b'\x1f\x8b\x08\x00 gzip', b'\x00\xff\xfe\x80 binary'], ids=['gzip', 'binary'])
+def test_binary_annotation_file_is_named(tmp_path, content):
+    "A binary file raised a bare UnicodeDecodeError that named no file."
+    p = tmp_path / 'lvis_v1_train.json'
+    p.write_bytes(content)
+    with pytest.raises(LVISFormatError, match=r'lvis_v1_train.json: not a text file .*expected an LVIS annotation file'):
+        load_lvis(p)
+
+
+def test_utf8_bom_annotation_file_is_read(tmp_path):
+    p = tmp_path / 'bom.json'
+    p.write_bytes(b'\xef\xbb\xbf' + json.dumps(tiny_lvis(2, 2)).encode())
+    assert len(load_lvis(p)['images']) == 2
+
+
+def test_two_image_records_of_one_file_warn_once_naming_ids_and_file(tmp_path):
+    d = tiny_lvis(5, 2)
+    d['images'][3]['coco_url'] = d['images'][1]['coco_url']
+    d['images'][4]['coco_url'] = d['images'][0]['coco_url']
+    p = _write(tmp_path, d, 'dup.json')
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        load_lvis(p)
+    msgs = [str(x.message) for x in w]
+    assert len(msgs) == 1, msgs
+    assert f"{p}: images 2 and 4 (images[1] and images[3]) both point at the file '000000000002.jpg'" in msgs[0], msgs
+    assert '(1 more records share a file too)' in msgs[0], msgs
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        load_lvis(tiny_lvis(5, 2))  # distinct files: no warning
+        d = tiny_lvis(2, 1)
+        d['images'][1]['coco_url'] = d['images'][0]['coco_url'].replace('train2017', 'val2017')[:-5] + '3.jpg'
+        load_lvis(d)
+
 def test_load_lvis_v05_and_v1_names_and_no_mutation(tmp_path):
     d = tiny_lvis(2, 2)
     d['images'][0].pop('coco_url')

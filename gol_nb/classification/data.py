@@ -12,13 +12,23 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 import torchvision.transforms.v2 as T
+from ..data.dataset import open_image, ImageReadError
 
 # %% auto #0
-__all__ = ['SHOT_NAMES', 'lt_counts', 'lt_indices', 'shot_groups', 'LabelledImages', 'ArrayDataset', 'load_cifar_pickle',
-           'cifar_lt', 'write_fake_cifar', 'read_split_list', 'ListFileDataset', 'list_lt', 'mnist5k_path',
-           'load_mnist5k', 'mnist_lt', 'RandomShift', 'build_transform']
+__all__ = ['SHOT_NAMES', 'check_imb_factor', 'lt_counts', 'lt_indices', 'shot_groups', 'LabelledImages', 'ArrayDataset',
+           'load_cifar_pickle', 'cifar_lt', 'write_fake_cifar', 'read_split_list', 'ListFileDataset', 'list_lt',
+           'mnist5k_path', 'load_mnist5k', 'mnist_lt', 'RandomShift', 'build_transform']
 
 # %% ../../nbs/06_classification.data.ipynb #9792580c
+def check_imb_factor(value, # the imbalance factor to check
+                     name: str = 'imb_factor', # what to call it in the error: a config field or a notebook parameter
+                    ) -> float:
+    "`value` as a float if it is a usable imbalance factor IF = n_max / n_min (a finite number >= 1), else an error."
+    ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value)
+    if not (ok and value >= 1):
+        raise ValueError(f"{name}: the imbalance factor n_max / n_min must be a finite number >= 1, got {value!r}")
+    return float(value)
+
 def lt_counts(n_max: int, # images per class in the balanced set
               num_classes: int, # C, number of classes
               imb_factor: float, # IF = n_max / n_min, >= 1
@@ -28,8 +38,7 @@ def lt_counts(n_max: int, # images per class in the balanced set
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if not isinstance(n_max, (int, np.integer)) or n_max < 1:
         raise ValueError(f"n_max must be a positive integer, got {n_max!r}")
-    if not isinstance(imb_factor, (int, float, np.number)) or not np.isfinite(imb_factor) or imb_factor < 1:
-        raise ValueError(f"imb_factor (imbalance factor n_max/n_min) must be a finite number >= 1, got {imb_factor!r}")
+    check_imb_factor(imb_factor)
     return [int(n_max * (1.0 / imb_factor) ** (i / (num_classes - 1))) for i in range(num_classes)]
 
 # %% ../../nbs/06_classification.data.ipynb #5acbac65
@@ -89,6 +98,33 @@ class ArrayDataset(LabelledImages):
     def load(self, i): return torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
 
 # %% ../../nbs/06_classification.data.ipynb #148c30d8
+def _cifar_pixels(path: Path, data) -> np.ndarray:
+    "CIFAR's b'data' as uint8 (N, 3072), refusing values a cast would change (300.0 -> 44, int16 -5 -> 251, 2.5 -> 2)."
+    try: a = np.asarray(data)
+    except ValueError: a = np.asarray(data, dtype=object)  # ragged rows: refused below by their shape
+    if a.ndim != 2 or a.shape[1] != 3072:
+        raise ValueError(f"{path}: field b'data' must be (N, 3072) uint8, got shape {a.shape}")
+    if a.dtype == np.uint8: return a
+    if a.dtype.kind not in 'iuf':
+        raise ValueError(f"{path}: field b'data' must hold uint8 pixel values 0..255, got dtype {a.dtype}")
+    with np.errstate(invalid='ignore'): bad = ~((a >= 0) & (a <= 255) & (a == np.floor(a)))  # NaN is bad too
+    if bad.any():
+        r, c = divmod(int(np.flatnonzero(bad)[0]), 3072)
+        raise ValueError(f"{path}: field b'data', image {r}, value {c}: {a[r, c].item()!r} is not a pixel value 0..255 "
+                         f"(dtype {a.dtype}); CIFAR images are uint8, and a cast would change it")
+    return a.astype(np.uint8)
+
+def _cifar_labels(path: Path, labels, key: bytes) -> np.ndarray:
+    "A CIFAR label list as int64 (N,), refusing strings, floats and booleans."
+    items = labels if isinstance(labels, (list, tuple)) else []  # numpy arrays are judged by their dtype
+    eg = next((x for x in items if isinstance(x, bool) or not isinstance(x, (int, np.integer))), None)
+    a = np.asarray(labels) if eg is None else None
+    if eg is not None or a.ndim != 1 or a.dtype.kind not in 'iu':
+        eg = labels if eg is None else eg
+        raise ValueError(f"{path}: field {key!r} must be a list of integer class labels, "
+                         f"got {type(eg).__name__} {eg!r}")
+    return a.astype(np.int64)
+
 def load_cifar_pickle(path: str | Path, # one CIFAR python batch file
                       label_key: bytes, # b'fine_labels' (CIFAR-100) or b'labels' (CIFAR-10)
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -98,12 +134,10 @@ def load_cifar_pickle(path: str | Path, # one CIFAR python batch file
     with open(path, 'rb') as f:
         try: d = pickle.load(f, encoding='bytes')
         except Exception as e: raise ValueError(f"{path}: not a CIFAR python pickle ({e})") from e
+    if not isinstance(d, dict): raise ValueError(f"{path}: expected a pickled dict, got {type(d).__name__}")
     for k in (b'data', label_key):
-        if k not in d: raise ValueError(f"{path}: key {k!r} missing (keys: {sorted(d)})")
-    data = np.asarray(d[b'data'], dtype=np.uint8)
-    if data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{path}: b'data' must be (N, 3072) uint8, got shape {data.shape}")
-    labels = np.asarray(d[label_key], dtype=np.int64)
+        if k not in d: raise ValueError(f"{path}: key {k!r} missing (keys: {sorted(map(repr, d))})")
+    data, labels = _cifar_pixels(path, d[b'data']), _cifar_labels(path, d[label_key], label_key)
     if len(labels) != len(data): raise ValueError(f"{path}: {len(data)} images but {len(labels)} labels")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
@@ -111,6 +145,21 @@ def load_cifar_pickle(path: str | Path, # one CIFAR python batch file
 _CIFAR = {100: ('cifar-100-python', ['train'], ['test'], b'fine_labels', 'meta', b'fine_label_names'),
           10: ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)], ['test_batch'], b'labels',
                'batches.meta', b'label_names')}
+
+def _cifar_class_names(path: Path, key: bytes, num_classes: int) -> list[str] | None:
+    "The class names in CIFAR's `meta` / `batches.meta` (None when the file is absent), errors naming the file."
+    if not path.is_file(): return None
+    try:
+        with open(path, 'rb') as f: m = pickle.load(f, encoding='bytes')
+    except Exception as e:
+        raise ValueError(f"{path}: not a CIFAR python pickle of class names ({type(e).__name__}: {e})") from None
+    names = m.get(key) if isinstance(m, dict) else None
+    if not isinstance(names, (list, tuple)) or len(names) != num_classes:
+        if names is None: got = f"a {type(m).__name__} without that key"
+        elif isinstance(names, (list, tuple)): got = f"{len(names)} names"
+        else: got = f"a {type(names).__name__}"
+        raise ValueError(f"{path}: expected a dict whose {key!r} lists {num_classes} class names, got {got}")
+    return [n.decode('utf-8', 'replace') if isinstance(n, bytes) else str(n) for n in names]
 
 def cifar_lt(root: str | Path, # folder holding `cifar-100-python/` or `cifar-10-batches-py/`
              num_classes: int = 100, # 10 or 100
@@ -130,10 +179,7 @@ def cifar_lt(root: str | Path, # folder holding `cifar-100-python/` or `cifar-10
     x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     if y.min() < 0 or y.max() >= num_classes:
         raise ValueError(f"{folder}: labels must lie in [0, {num_classes}), got [{y.min()}, {y.max()}]")
-    names = None
-    if (folder / meta).is_file():
-        with open(folder / meta, 'rb') as f: m = pickle.load(f, encoding='bytes')
-        if name_key in m: names = [n.decode() if isinstance(n, bytes) else str(n) for n in m[name_key]]
+    names = _cifar_class_names(folder / meta, name_key, num_classes)
     if train:
         n_max = int(np.bincount(y, minlength=num_classes).min())
         keep = lt_indices(y, lt_counts(n_max, num_classes, imb_factor), seed)
@@ -161,21 +207,37 @@ def write_fake_cifar(root: str | Path, # folder to create `cifar-100-python/` (o
     return folder
 
 # %% ../../nbs/06_classification.data.ipynb #d646fce8
-def read_split_list(list_file: str | Path, # a split file: one `relative/path label` per line
-                   ) -> tuple[list[str], np.ndarray]:
-    "Paths and labels from an ImageNet-LT / Places-LT split file, with errors naming file and line."
-    list_file = Path(list_file)
+def _split_list_text(list_file: Path) -> str:
+    "The text of a split file: UTF-8, a leading byte-order mark dropped; a binary file is refused naming the byte."
+    data = list_file.read_bytes()
+    nul = data.find(b'\0')
+    if nul >= 0:
+        raise ValueError(f"{list_file}: byte {nul} is NUL: a binary (or UTF-16) file, not a split list "
+                         "of UTF-8 lines 'relative/path.jpg label'")
+    try: return data.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b'\n') + 1
+        raise ValueError(f"{list_file}:{line}: byte {data[e.start]:#04x} is not UTF-8 text: expected a split list of "
+                         "lines 'relative/path.jpg label'") from None
+
+def _read_split_list(list_file: Path) -> tuple[list[str], np.ndarray, list[int]]:
+    "Paths, labels and the line number of each entry."
     if not list_file.is_file(): raise FileNotFoundError(f"split list file not found: {list_file}")
-    paths, labels = [], []
-    for n, line in enumerate(list_file.read_text().splitlines(), 1):
+    paths, labels, lines = [], [], []
+    for n, line in enumerate(_split_list_text(list_file).splitlines(), 1):
         if not line.strip(): continue
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
             raise ValueError(f"{list_file}:{n}: expected 'relative/path.jpg label', got {line!r}")
         if int(parts[1]) < 0: raise ValueError(f"{list_file}:{n}: negative label {parts[1]}")
-        paths.append(parts[0]); labels.append(int(parts[1]))
+        paths.append(parts[0]); labels.append(int(parts[1])); lines.append(n)
     if not paths: raise ValueError(f"{list_file}: no entries")
-    return paths, np.asarray(labels, dtype=np.int64)
+    return paths, np.asarray(labels, dtype=np.int64), lines
+
+def read_split_list(list_file: str | Path, # a split file: one `relative/path label` per line, UTF-8 (a BOM is dropped)
+                   ) -> tuple[list[str], np.ndarray]:
+    "Paths and labels from an ImageNet-LT / Places-LT split file, with errors naming file and line."
+    return _read_split_list(Path(list_file))[:2]
 
 class ListFileDataset(LabelledImages):
     "Images named by a split list file under an image root; returns (transformed image, label)."
@@ -187,7 +249,8 @@ class ListFileDataset(LabelledImages):
                 ):
         self.root = Path(root)
         if not self.root.is_dir(): raise FileNotFoundError(f"image root not found: {self.root}")
-        self.paths, self.targets = read_split_list(list_file)
+        self.list_file = Path(list_file)
+        self.paths, self.targets, self.lines = _read_split_list(self.list_file)
         self.num_classes = int(num_classes or self.targets.max() + 1)
         if self.targets.max() >= self.num_classes:
             raise ValueError(f"{list_file}: label {self.targets.max()} >= num_classes {self.num_classes}")
@@ -198,7 +261,10 @@ class ListFileDataset(LabelledImages):
                                         f"e.g. {self.root / missing[0]}")
         self.transform = transform
     def load(self, i):
-        with Image.open(self.root / self.paths[i]) as im: return T.functional.pil_to_tensor(im.convert('RGB'))
+        try: return T.functional.pil_to_tensor(open_image(self.root / self.paths[i]))
+        except (ImageReadError, FileNotFoundError) as e:
+            where = f"{self.list_file}:{self.lines[i]}"
+            raise type(e)(f"{where}: {e} (expected a JPEG or another image Pillow reads)") from None
 
 # %% ../../nbs/06_classification.data.ipynb #a21988f1
 _LT_LISTS = {'imagenet_lt': ('ImageNet_LT', 1000), 'places_lt': ('Places_LT', 365)}

@@ -11,6 +11,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn as nn
+import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 from ..losses import build_loss
@@ -19,15 +20,16 @@ from ..engine import (RunConfig, check_run_config, atomic_write_json, save_check
                            load_config, load_checkpoint, config_to_dict, DistInfo, prepare_run,
                            check_state_shapes,
                            RunGuard, RunInterrupted, require_devices, rng_state, set_rng_state, scaled_lr, schedule_lr,
-                           trainer_parser, parse_trainer_args, run_trainer_cli)
-from .data import mnist_lt, cifar_lt, list_lt, build_transform
+                           trainer_parser, parse_trainer_args, run_trainer_cli, run_status, resume_changes,
+                           ConfigMismatchError)
+from .data import mnist_lt, cifar_lt, list_lt, build_transform, check_imb_factor
 from .models import build_model, reset_classifier, classifier_weight_norms, LTClassifier
 from .metrics import lt_accuracy, predict
 
 # %% auto #0
 __all__ = ['DATASETS', 'PRESETS', 'PRESET_INFO', 'ClsConfig', 'get_preset', 'get_config', 'check_config', 'build_datasets',
-           'make_loss', 'lr_at', 'evaluate_model', 'train_stage', 'train', 'check_run', 'launch', 'config_from_args',
-           'main']
+           'make_loss', 'lr_at', 'evaluate_model', 'train_stage', 'train', 'finished_results', 'check_run', 'launch',
+           'config_from_args', 'main']
 
 # %% ../../nbs/06c_classification.train.ipynb #1d018479
 DATASETS = ('mnist_lt', 'cifar10_lt', 'cifar100_lt', 'imagenet_lt', 'places_lt')
@@ -137,7 +139,9 @@ def check_config(cfg: ClsConfig) -> ClsConfig:
              f"{k} must be 'softmax', 'sigmoid' or 'gumbel', got {getattr(cfg, k)!r}")
     for k in ('schedule', 'stage2_schedule'):
         need(getattr(cfg, k) in ('step', 'cosine'), f"{k} must be 'step' or 'cosine', got {getattr(cfg, k)!r}")
-    need(cfg.imb_factor >= 1, f"imb_factor must be >= 1, got {cfg.imb_factor!r}")
+    apply_overrides(type(cfg)(), asdict(cfg))  # every field holds its type: epochs=2.5 is refused, naming it
+    try: check_imb_factor(cfg.imb_factor)
+    except ValueError as e: raise ValueError(f"ClsConfig: {e}") from None
     need(cfg.epochs >= 0 and cfg.stage2_epochs >= 0,
          f"epochs and stage2_epochs must be >= 0, got {cfg.epochs}, {cfg.stage2_epochs}")
     need(cfg.batch_size >= 1 and cfg.lr > 0 and cfg.stage2_lr > 0,
@@ -389,6 +393,26 @@ def _train(cfg):
         if logger is not None: logger.log(dict(event='final', **summary))
     cleanup_distributed()  # no barrier: the other ranks need not wait for rank 0's evaluation
     return results
+
+# %% ../../nbs/06c_classification.train.ipynb #8d7f1e6d
+def finished_results(cfg: ClsConfig, # the run asked for, in cfg.output_dir
+                    ) -> dict | None:
+    "The results.json of the finished run in `cfg.output_dir` if it ran `cfg`; None if none finished there."
+    d = Path(cfg.output_dir)
+    if run_status(d) != 'finished' or not (d / 'results.json').is_file(): return None
+    try: saved = yaml.safe_load((d / 'config.yaml').read_text())
+    except (OSError, yaml.YAMLError): saved = None
+    if not isinstance(saved, dict):
+        raise ConfigMismatchError(f"{d} holds results but no readable config.yaml: cannot tell which settings they "
+                                  "come from. Choose another output_dir, or move that folder aside")
+    every = replace(cfg, accept_changes=['schedule'])  # resume_changes then returns the changes instead of refusing
+    every.LOCKED_KEYS = ()  # and lists the model-defining keys among them: for a finished run every change counts
+    changed = resume_changes(saved, every)
+    if changed:
+        diff = ', '.join(f'{k} {o!r} -> {n!r}' for k, (o, n) in changed.items())
+        raise ConfigMismatchError(f"{d} holds a finished run with other settings ({diff}): its results are not those "
+                                  "asked for. Choose another output_dir, or move that folder aside to train it again")
+    return json.loads((d / 'results.json').read_text())
 
 # %% ../../nbs/06c_classification.train.ipynb #17eafd62
 def check_run(cfg: ClsConfig, # the run's config

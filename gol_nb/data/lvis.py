@@ -331,6 +331,19 @@ def _counts(lvis: dict) -> tuple[np.ndarray, np.ndarray]:
     return cat_ids, np.bincount(cat_idx, minlength=len(cat_ids)).astype(np.int64)
 
 # %% ../../nbs/02_data.lvis.ipynb #67c83c27
+def _warn_shared_files(imgs: list, src: str) -> None:
+    "Warn once when image records share an image file, naming the first two ids and the file."
+    names = list(map(image_file_name, imgs))
+    if len(set(names)) == len(names): return
+    first, pairs = {}, []
+    for i, n in enumerate(names):
+        if n in first: pairs.append((first[n], i))
+        else: first[n] = i
+    (j, i), more = pairs[0], (f" ({len(pairs) - 1} more records share a file too)" if len(pairs) > 1 else "")
+    warnings.warn(f"{src}: images {imgs[j]['id']} and {imgs[i]['id']} (images[{j}] and images[{i}]) both point at the "
+                  f"file {names[i]!r}{more}: each is trained and evaluated on those pixels with only its own "
+                  "annotations; merge the records or correct the file name", stacklevel=3)
+
 def load_lvis(path_or_dict: str | os.PathLike | dict # an LVIS json file, or its parsed content
              ) -> LVISDict:
     "Read and validate an LVIS v0.5/v1 annotation file; fill missing `image_count`/`frequency` per category."
@@ -339,8 +352,11 @@ def load_lvis(path_or_dict: str | os.PathLike | dict # an LVIS json file, or its
     else:
         src = str(path_or_dict)
         try:
-            with open(path_or_dict) as f: d = json.load(f)
+            with open(path_or_dict, encoding='utf-8-sig') as f: d = json.load(f)
         except FileNotFoundError: raise FileNotFoundError(f"LVIS annotation file not found: {src}") from None
+        except UnicodeDecodeError as e:
+            raise LVISFormatError(f"{src}: not a text file ({e.reason} in its bytes): expected an LVIS annotation "
+                                  "file in JSON (UTF-8); a compressed download must be unpacked first") from None
         except json.JSONDecodeError as e: raise LVISFormatError(f"{src}: not valid json: {e}") from None
     def err(where, field, msg):
         raise LVISFormatError(f"{src}: {where}: " + (f"field '{field}' " if field else "") + msg)
@@ -350,6 +366,7 @@ def load_lvis(path_or_dict: str | os.PathLike | dict # an LVIS json file, or its
     cat_ids = _check_categories(d['categories'], err)
     image_ids, image_hw = _check_images(d['images'], cat_ids, err)
     _check_annotations(d['annotations'], image_ids, image_hw, cat_ids, err)
+    _warn_shared_files(d['images'], src)
     out = LVISDict(d)
     out.source = src
     out['categories'] = [dict(c) for c in d['categories']]
