@@ -4,19 +4,21 @@
 
 # %% ../nbs/01_losses.ipynb #51ae8b35
 from __future__ import annotations
-import math, warnings
+import difflib, inspect, math, warnings
 from functools import partial
 from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .activations import gumbel, log1mexp, Z_MIN, Z_SERIES
+import torch.distributed as dist
+from .activations import gumbel, Z_MIN, Z_SERIES
 
 # %% auto #0
-__all__ = ['REDUCTIONS', 'LOG2', 'GUMBEL_MODES', 'RARE_MAX_IMAGES', 'LOSSES', 'CLASS_STATS_LOSSES', 'GUMBEL_LOSSES',
-           'OFFICIAL_LOSSES', 'weight_reduce_loss', 'gumbel_bce', 'gumbel_bce_official', 'prior_bias',
-           'init_classifier', 'ClassificationLoss', 'SoftmaxCE', 'SigmoidBCE', 'GumbelBCE', 'bernoulli_mask',
-           'resolve_lambda', 'ClassStatsLoss', 'EQL', 'DropLoss', 'FederatedLoss', 'GOL', 'build_loss']
+__all__ = ['REDUCTIONS', 'GUMBEL_MODES', 'RARE_MAX_IMAGES', 'LOSSES', 'CLASS_STATS_LOSSES', 'GUMBEL_LOSSES', 'OFFICIAL_LOSSES',
+           'weight_reduce_loss', 'gumbel_terms', 'gumbel_bce', 'gumbel_bce_official', 'prior_bias', 'init_classifier',
+           'ClassificationLoss', 'SoftmaxCE', 'SigmoidBCE', 'GumbelBCE', 'bernoulli_mask', 'resolve_lambda',
+           'ClassStatsLoss', 'EQL', 'DropLoss', 'FederatedLoss', 'GOL', 'gumbel_focal_loss', 'GumbelFocalLoss',
+           'SigmoidFocalLoss', 'EQLv2', 'LossOptionError', 'loss_options', 'build_loss']
 
 # %% ../nbs/01_losses.ipynb #0a4fb55b
 REDUCTIONS = ('none', 'mean', 'sum')
@@ -45,51 +47,118 @@ def weight_reduce_loss(loss: torch.Tensor,             # element-wise loss, (N,)
     return _reduce_total(loss.sum(), loss.numel(), reduction, avg_factor)
 
 # %% ../nbs/01_losses.ipynb #9858d5a1
-LOG2 = math.log(2.)
+def _exp_neg_z(q: torch.Tensor, lo, hi, mu: float, beta: float) -> torch.Tensor:
+    "a = exp(-z), z = (clamp(q, lo, hi) - mu) / beta saturated at `Z_MIN`, in one new (N, C) buffer."
+    clamped = lo is not None or hi is not None
+    if (mu, beta) == (0., 1.):
+        a = torch.neg(q)
+        if clamped: a.clamp_(None if hi is None else -hi, None if lo is None else -lo)
+    else: a = (q.clamp(lo, hi) if clamped else q.clone()).sub_(mu).div_(-beta)
+    if lo is None or (lo - mu) / beta < Z_MIN: a.clamp_(max=-Z_MIN)
+    return a.exp_()
 
-def _negative_loss_and_grad(z: torch.Tensor, may_be_far: bool = True):
-    "-log(1 - eta(z)) and its derivative a / (e^a - 1), a = exp(-z), finite and accurate for every z >= Z_MIN."
-    a = torch.neg(z).exp_()
-    eta = torch.neg(a).exp_()
-    one_minus_eta = torch.rsub(eta, 1.)
-    loss = torch.neg(eta).log1p_().neg_()        # accurate while eta <= 1/2, i.e. a > log 2 (the common case)
-    grad = torch.mul(a, eta).div_(one_minus_eta)
-    small = (a <= LOG2).nonzero(as_tuple=True)   # q > 0.37: 1 - eta cancels, so use expm1 on this subset
-    if small[0].numel():
-        a_s = a[small]
-        ome = torch.neg(a_s).expm1_().neg_()
-        loss[small] = -torch.log(ome)
-        grad[small] = a_s * eta[small] / ome
-    if may_be_far:                                # a < 2e-9: the series, which also avoids 0/0 once a underflows
-        far = (z > Z_SERIES).nonzero(as_tuple=True)
-        if far[0].numel():
-            z_f = z[far]; a_f = torch.exp(-z_f)
-            loss[far], grad[far] = z_f + .5 * a_f, 1. - .5 * a_f
-    return loss, grad, a
+def _series_far(l0, g0, q, lo, hi, mu, beta):
+    "Where z > `Z_SERIES` (a < 2e-9, underflowing later): -log(1 - eta) = z + a/2, its derivative 1 - a/2."
+    if hi is not None and (hi - mu) / beta <= Z_SERIES: return
+    far = (q > mu + beta * Z_SERIES).nonzero(as_tuple=True)
+    if not far[0].numel(): return
+    q_far = q[far] if hi is None else q[far].clamp(max=hi)
+    z = (q_far - mu) / beta
+    a = torch.exp(-z)
+    l0[far], g0[far] = z + .5 * a, 1. - .5 * a
 
-def _gumbel_bce_dense(q, y, weight, lo: float, hi: float, mu: float, beta: float, sum_classes: bool):
+def _zero_outside(grad, q, lo, hi):
+    "Zero `grad` in place where q < lo or q > hi (the clamp's bounds themselves pass the gradient, as torch.clamp)."
+    if lo is None and hi is None: return grad
+    inf = torch.tensor(math.inf, dtype=q.dtype)
+    below = -math.inf if lo is None else torch.nextafter(torch.tensor(lo, dtype=q.dtype), -inf).item()
+    above = math.inf if hi is None else torch.nextafter(torch.tensor(hi, dtype=q.dtype), inf).item()
+    return torch.ops.aten.hardtanh_backward.grad_input(grad, q, below, above, grad_input=grad)  # 0 if q <= below
+
+def _positives(labels: torch.Tensor, num_classes: int):
+    "(rows, cols) of the positive elements of integer labels (label >= num_classes: a background row)."
+    rows = (labels < num_classes).nonzero().squeeze(1)
+    return rows, labels[rows]
+
+# %% ../nbs/01_losses.ipynb #45a50cba
+def gumbel_terms(q: torch.Tensor,                   # logits (N, C)
+                 clamp: tuple | None = (-4., 10.),  # logit clamp (zero gradient outside)
+                 mu: float = 0., beta: float = 1.   # Gumbel location and scale
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "a = exp(-z) (the positive loss), l0 = -log(1 - eta) (the negative loss) and its derivative g0 in z, each (N, C)."
+    lo, hi = clamp if clamp is not None else (None, None)
+    a = _exp_neg_z(q, lo, hi, mu, beta)
+    r = torch.expm1(a).reciprocal_()                 # 1 / (e^a - 1): e^a overflows to inf for a > 88, r -> 0
+    l0 = torch.log1p(r)                              # -log(1 - e^-a) = log(1 + 1/(e^a - 1)), accurate for every a
+    g0 = r.mul_(a)                                   # a / (e^a - 1)
+    _series_far(l0, g0, q, lo, hi, mu, beta)
+    return a, l0, g0
+
+def _gumbel_bce_kernel(q, y, weight, sum_classes, lo, hi, mu, beta):
+    "Loss and gradient of Eq. 8/9 in two (N, C) buffers, weighted, the loss optionally summed over classes."
+    a = _exp_neg_z(q, lo, hi, mu, beta)
+    if y.dtype.is_floating_point:                    # soft or multi-hot targets: GL(q, 0) + y (GL(q, 1) - GL(q, 0))
+        r = torch.expm1(a).reciprocal_()
+        loss, grad = torch.log1p(r), r.mul_(a)
+        _series_far(loss, grad, q, lo, hi, mu, beta)
+        loss.lerp_(a, y); grad.lerp_(a.neg_(), y)
+    else:                                            # labels: the negative branch everywhere, N positives patched
+        rows, cols = _positives(y, q.shape[1])
+        a_pos = a[rows, cols]
+        r = torch.expm1(a).reciprocal_()
+        grad = a.mul_(r); loss = r.log1p_()          # both in place: two (N, C) buffers in all
+        _series_far(loss, grad, q, lo, hi, mu, beta)
+        loss[rows, cols], grad[rows, cols] = a_pos, -a_pos
+    _zero_outside(grad, q, lo, hi)
+    if beta != 1: grad.div_(beta)
+    return _weigh(loss, grad, weight, sum_classes)
+
+def _weigh(loss, grad, weight, sum_classes):
+    "Weights applied to the loss and its gradient in place; the loss summed over classes when asked."
+    if weight is not None:
+        if weight.dtype == torch.bool: weight = weight.to(loss.dtype)  # a keep mask: one conversion, fast multiplies
+        loss.mul_(weight); grad.mul_(weight)
+    return (loss.sum(1) if sum_classes else loss), grad
+
+class _PointwiseLoss(torch.autograd.Function):
+    "An element-wise loss whose `kernel` returns the loss and its gradient in one pass; only the gradient is saved."
+    @staticmethod
+    def forward(ctx, q, y, weight, kernel, sum_classes):
+        out, grad = kernel(q, y, weight, sum_classes)
+        ctx.sum_classes = sum_classes
+        ctx.save_for_backward(grad)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad, = ctx.saved_tensors
+        if ctx.sum_classes: grad_output = grad_output[:, None]
+        return grad_output * grad, None, None, None, None
+
+# %% ../nbs/01_losses.ipynb #1373ca18
+def _gumbel_bce_dense(q, y, weight, sum_classes, lo: float, hi: float, mu: float, beta: float, far_possible: bool):
     "The same loss and gradient as one expression of element-wise `where`s, which `torch.compile` fuses into one loop."
     t = y if y.dtype.is_floating_point else (torch.arange(q.shape[1], device=q.device)[None, :] == y[:, None]).to(q.dtype)
     z = ((q.clamp(lo, hi) - mu) / beta).clamp(min=Z_MIN)
-    far = z > Z_SERIES
-    a = torch.exp(-torch.where(far, torch.zeros_like(z), z))
-    eta = torch.exp(-a)
-    small = a <= LOG2
-    one_minus_eta = torch.where(small, -torch.expm1(-a), 1 - eta)
-    l0 = torch.where(small, -torch.log(one_minus_eta), -torch.log1p(-eta))
-    g0 = a * eta / one_minus_eta
-    a_far = torch.exp(-torch.where(far, z, torch.full_like(z, Z_SERIES)))
-    l0, g0, a = torch.where(far, z + .5 * a_far, l0), torch.where(far, 1 - .5 * a_far, g0), torch.where(far, a_far, a)
+    a = torch.exp(-z)
+    if far_possible: far = z > Z_SERIES; a_safe = torch.where(far, torch.ones_like(a), a)
+    else: a_safe = a
+    r = 1 / torch.expm1(a_safe)
+    l0, g0 = torch.log1p(r), a_safe * r
+    if far_possible: l0, g0 = torch.where(far, z + .5 * a, l0), torch.where(far, 1 - .5 * a, g0)
     loss = l0 + t * (a - l0)
     grad = (g0 - t * (a + g0)) * ((q >= lo) & (q <= hi)) / beta
     if weight is not None: loss, grad = loss * weight, grad * weight
     return (loss.sum(1) if sum_classes else loss), grad
 
 _fused_kernel = None
-def _fused(*args):
+def _fused(q, y, weight, sum_classes, lo, hi, mu, beta):
     "`_gumbel_bce_dense` compiled once per process (inductor caches it on disk); run eagerly if compiling fails."
     global _fused_kernel
     if _fused_kernel is None: _fused_kernel = torch.compile(_gumbel_bce_dense, dynamic=True)
+    far_possible = hi is None or (hi - mu) / beta > Z_SERIES
+    args = (q, y, weight, sum_classes, -math.inf if lo is None else lo, math.inf if hi is None else hi, mu, beta,
+            far_possible)
     try: return _fused_kernel(*args)
     except Exception as e:  # no compiler / unsupported backend: same formula, eager, and say so once
         if _fused_kernel is not _gumbel_bce_dense:
@@ -98,42 +167,6 @@ def _fused(*args):
             _fused_kernel = _gumbel_bce_dense
             return _fused_kernel(*args)
         raise
-
-class _GumbelBCEFunction(torch.autograd.Function):
-    "Element-wise Gumbel BCE with the closed-form gradient of Eq. 9; `y` is float targets (N, C) or labels (N,)."
-    @staticmethod
-    def forward(ctx, q, y, weight, lo, hi, mu, beta, fused, sum_classes):
-        ctx.sum_classes = sum_classes
-        if fused:
-            lo_, hi_ = -math.inf if lo is None else lo, math.inf if hi is None else hi
-            loss, grad = _fused(q, y, weight, lo_, hi_, mu, beta, sum_classes)
-            ctx.save_for_backward(grad)
-            return loss
-        clamped = lo is not None or hi is not None
-        z = q.clamp(lo, hi) if clamped else q
-        if (mu, beta) != (0., 1.): z = (z - mu) / beta
-        if lo is None or (lo - mu) / beta < Z_MIN: z = z.clamp(min=Z_MIN)
-        loss, grad, a = _negative_loss_and_grad(z, may_be_far=hi is None or (hi - mu) / beta > Z_SERIES)
-        if y.dtype.is_floating_point:   # soft or multi-hot targets: y * GL(q, 1) + (1 - y) * GL(q, 0)
-            loss.lerp_(a, y); grad.lerp_(a.neg_(), y)
-        else:                           # labels: patch the N positive elements
-            rows = (y < q.shape[1]).nonzero().squeeze(1)
-            cols = y[rows]
-            a_pos = a[rows, cols]
-            loss[rows, cols], grad[rows, cols] = a_pos, -a_pos
-        if clamped:  # zero gradient outside the clamp
-            outside = q < lo if hi is None else (q > hi if lo is None else (q < lo).logical_or_(q > hi))
-            grad.masked_fill_(outside, 0.)
-        if beta != 1: grad.div_(beta)
-        if weight is not None: loss.mul_(weight); grad.mul_(weight)
-        ctx.save_for_backward(grad)
-        return loss.sum(1) if sum_classes else loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad, = ctx.saved_tensors
-        if ctx.sum_classes: grad_output = grad_output[:, None]
-        return grad_output * grad, None, None, None, None, None, None, None, None
 
 def gumbel_bce(q: torch.Tensor,                 # logits (N, C)
                y: torch.Tensor,                 # float targets (N, C) in [0, 1], or labels (N,) with C = background
@@ -147,7 +180,8 @@ def gumbel_bce(q: torch.Tensor,                 # logits (N, C)
     lo, hi = clamp if clamp is not None else (None, None)
     if beta <= 0: raise ValueError(f"gumbel_bce: beta must be > 0, got {beta}")
     if y.is_floating_point() and y.dtype != q.dtype: y = y.to(q.dtype)  # fp16/bf16 targets
-    return _GumbelBCEFunction.apply(q, y, weight, lo, hi, float(mu), float(beta), fused, sum_classes)
+    kernel = partial(_fused if fused else _gumbel_bce_kernel, lo=lo, hi=hi, mu=float(mu), beta=float(beta))
+    return _PointwiseLoss.apply(q, y, weight, kernel, sum_classes)
 
 # %% ../nbs/01_losses.ipynb #1b0f7e49
 def gumbel_bce_official(q: torch.Tensor, # logits (N, C)
@@ -183,7 +217,9 @@ def _normal_init(std, b): return {'type': 'Normal', 'std': std, 'bias': b}
 
 # %% ../nbs/01_losses.ipynb #3364db3c
 class ClassificationLoss(nn.Module):
-    "Base of every loss here: input checks, label handling, the shared reduction, and what a head needs."
+    """Base of every loss here: input checks, label handling, the shared reduction, and what a head needs.
+
+    Call it as `loss(logits, targets, weight=None, avg_factor=None, reduction_override=None)` (see `forward`)."""
     activation: str = 'sigmoid'
     background_channel: bool = False
     official_reduction: bool = False  # the authors' EQL/DropLoss: sum / N rows, weight and avg_factor ignored
@@ -192,6 +228,10 @@ class ClassificationLoss(nn.Module):
                  reduction: str = 'mean',        # default reduction: 'none', 'mean' or 'sum'
                  loss_weight: float = 1.,        # multiplies the loss
                  background_label: bool = True): # label C marks a background row (False: classification)
+        """`num_classes` C foreground classes. `reduction`: 'none' gives the element-wise loss, 'sum' its sum, 'mean'
+        its mean over all elements (N x C, or N for Softmax), or the sum / `avg_factor` when `forward` gets one.
+        `loss_weight` multiplies the result. `background_label=True` (detection): integer label C marks a background
+        row (a negative for every class); False (classification): labels are 0..C-1 and C is an error."""
         super().__init__()
         if int(num_classes) != num_classes or num_classes < 1:
             raise ValueError(f"num_classes: expected a positive integer, got {num_classes!r}")
@@ -219,7 +259,14 @@ class ClassificationLoss(nn.Module):
         raise NotImplementedError
 
     def element_weights(self, logits, labels, targets) -> torch.Tensor | None:
-        "Per-element weights chosen by the loss itself (EQL, DropLoss, Federated); None for plain losses."
+        "Per-element weights chosen by the loss itself (EQL, DropLoss, Federated, EQLv2); None for plain losses."
+        return None
+
+    def observe(self, logits, labels, targets, weight):
+        "Called by `forward` with the final element weights when the logits require grad (EQLv2 keeps statistics)."
+
+    def label_zero_share(self) -> float | None:
+        "Expected share of label 0 among foreground rows (from class statistics); None: unknown, no label check."
         return None
 
     def row_losses(self, logits, labels, targets, weight) -> torch.Tensor:
@@ -248,7 +295,7 @@ class ClassificationLoss(nn.Module):
         if targets.is_floating_point():
             if tuple(targets.shape) != (n, C):
                 raise ValueError(f"{name}: targets: float targets must have shape ({n}, {C}), got {tuple(targets.shape)}")
-            if n and not bool(((targets >= 0) & (targets <= 1)).all()):  # NaN fails both comparisons
+            if n and not all(0 <= v <= 1 for v in targets.aminmax()):  # one pass; NaN propagates and fails
                 if bool(torch.isnan(targets).any()): raise ValueError(f"{name}: targets contain NaN")
                 raise ValueError(f"{name}: targets: float targets must lie in [0, 1]")
             return None, targets.float(), None
@@ -265,15 +312,23 @@ class ClassificationLoss(nn.Module):
                              f"{f', {C} = background' if self.background_label else ''}), got range [{lo}, {hi}]{hint}")
         labels = targets.long()
         if self.background_label and hi < C and n >= 64 and not self._warned_convention:
-            if (labels == 0).float().mean() > .5:  # a detection batch without background rows but mostly label 0
-                self._warned_convention = True
-                warnings.warn(f"{name}: no row has the background label {C} but most rows have label 0: are these "
-                              "torchvision labels (0 = background, 1..C)? Convert them with "
-                              "gol_nb.detection.model.to_loss_labels (background = C).")
+            self._check_numbering(labels)
         if lo >= 0: return labels, None, None
         keep = labels >= 0  # ignored rows: any valid label (the background, or class 0), then weight 0
         fill = C if (self.background_label or self.activation != 'softmax') else 0
         return torch.where(keep, labels, torch.full_like(labels, fill)), None, keep
+
+    def _check_numbering(self, labels):
+        "Warn once when label 0 is far too common for class 0's training frequency: torchvision's background."
+        p0 = self.label_zero_share()
+        if p0 is None: return
+        n, share = labels.numel(), float((labels == 0).float().mean())
+        if share > .5 and share > p0 and n * _kl_bernoulli(share, p0) > 20:  # P(this share by chance) < e^-20
+            self._warned_convention = True
+            warnings.warn(f"{self._name()}: no row has the background label {self.num_classes} but {share:.0%} of "
+                          f"the rows have label 0, a class in {p0:.2%} of the training images: are these "
+                          "torchvision labels (0 = background, 1..C)? Convert them with "
+                          "gol_nb.detection.model.to_loss_labels (background = C).")
 
     def _diagnose(self, logits, targets, weight):
         "Raise the most specific error for a non-finite loss."
@@ -293,8 +348,13 @@ class ClassificationLoss(nn.Module):
                 targets: torch.Tensor,            # labels (N,) in [-1, C] (C background, -1 ignore), or float (N, C)
                 weight: torch.Tensor | None = None, # (N,) per row or (N, num_channels) per element
                 avg_factor: float | None = None,  # 'mean' divides the summed loss by this instead of the element count
-                reduction_override: str | None = None
+                reduction_override: str | None = None # 'none', 'mean' or 'sum' for this call
                ) -> torch.Tensor:
+        """The loss of one batch. `targets`: integer labels (N,) with 0..C-1 the classes, C background (when
+        `background_label`) and -1 ignore (weight 0), or float (N, C) targets in [0, 1]. `weight` multiplies the
+        element-wise loss per row or per element. 'mean' divides the weighted sum by `avg_factor` when given
+        (detection heads pass the number of RoIs: Eq. 10's 1/N_roi), otherwise by the element count (N x C,
+        N for Softmax); 'sum' sums; 'none' returns the (N, C) (Softmax: (N,)) weighted elements."""
         reduction = reduction_override or self.reduction
         if reduction not in REDUCTIONS: raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
         labels, targets, keep = self._check(logits, targets)
@@ -314,6 +374,7 @@ class ClassificationLoss(nn.Module):
                 extra = extra.float()
                 if per_element and extra.dim() == 1: extra = extra[:, None]
                 w = extra if w is None else w * extra
+            if torch.is_grad_enabled() and x.requires_grad: self.observe(x, labels, targets, w)
             if reduction == 'none': out = weight_reduce_loss(self.elementwise(x, labels, targets), w, 'none')
             else:
                 total = self.row_losses(x, labels, targets, w).sum()
@@ -327,6 +388,11 @@ class ClassificationLoss(nn.Module):
 
     def extra_repr(self):
         return f"num_classes={self.num_classes}, num_channels={self.num_channels}, reduction={self.reduction!r}"
+
+def _kl_bernoulli(p: float, q: float) -> float:
+    "KL(Bernoulli(p) || Bernoulli(q)): n times it bounds -log P(share >= p in n draws at rate q) (Chernoff)."
+    q = min(max(q, 1e-12), 1 - 1e-12)
+    return sum(a * math.log(a / b) for a, b in ((p, q), (1 - p, 1 - q)) if a > 0)
 
 def _one_hot(labels: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
     "(N, C) one-hot of labels in [0, C]; the background label C gives an all-zero row."
@@ -342,7 +408,11 @@ def _with_background(targets: torch.Tensor) -> torch.Tensor:
 class SoftmaxCE(ClassificationLoss):
     "Softmax cross-entropy; C+1 channels with a background channel (detection) or C (classification)."
     activation = 'softmax'
-    def __init__(self, num_classes: int, background_channel: bool = True, **kwargs):
+    def __init__(self, num_classes: int,           # C, foreground classes
+                 background_channel: bool = True,  # C+1 channels, the last one background (detection)
+                 **kwargs):                        # reduction, loss_weight, background_label (ClassificationLoss)
+        """Softmax CE over C+1 channels (`background_channel=True`: integer label C is the background class) or C
+        (classification: labels 0..C-1). 'mean' divides by N rows, or by `avg_factor` when `forward` gets one."""
         if 'background' in kwargs:  # the old name of `background_channel`
             warnings.warn("SoftmaxCE: keyword 'background' is now 'background_channel'", FutureWarning)
             background_channel = kwargs.pop('background')
@@ -367,7 +437,11 @@ class SoftmaxCE(ClassificationLoss):
 
 class SigmoidBCE(ClassificationLoss):
     "Binary cross-entropy with a Sigmoid per class; `background_channel=True` is the authors' C+1 variant."
-    def __init__(self, num_classes: int, background_channel: bool = False, **kwargs):
+    def __init__(self, num_classes: int,           # C, foreground classes
+                 background_channel: bool = False, # C+1 channels: the authors' Sigmoid with a background class
+                 **kwargs):                        # reduction, loss_weight, background_label (ClassificationLoss)
+        """Sigmoid BCE over C channels (integer label C: a background row, all negatives). 'mean' divides by the
+        N x C elements, or the sum by `avg_factor` when `forward` gets one."""
         self.background_channel = bool(background_channel)
         super().__init__(num_classes, **kwargs)
 
@@ -425,7 +499,10 @@ class GumbelBCE(_GumbelActivation, ClassificationLoss):
                  mu: float = 0., beta: float = 1.,          # generalised Gumbel prior
                  fused: bool = False,                       # compiled single-kernel loss (see above)
                  background_channel: bool = False,          # C+1 channels: the authors' activation-study layout
-                 **kwargs):
+                 **kwargs):                                 # reduction, loss_weight, background_label
+        """Gumbel BCE over C channels; integer label C is a background row (all negatives), -1 ignores a row.
+        'mean' divides by the N x C elements, or the sum by `avg_factor` when `forward` gets one (detection heads
+        pass the number of RoIs: Eq. 10's 1/N_roi)."""
         self.background_channel = bool(background_channel)
         super().__init__(num_classes, **kwargs)
         self._init_gumbel(mode, clamp, mu, beta, fused)
@@ -472,7 +549,10 @@ def _as_float_tensor(x, name, shape=None):
     return t
 
 class ClassStatsLoss(ClassificationLoss):
-    "A per-class binary loss (Sigmoid or Gumbel) re-weighted from the training set's class statistics."
+    """A per-class binary loss (Sigmoid or Gumbel) re-weighted from the training set's class statistics.
+
+    f_c = image_counts[c] / num_images is class c's training frequency; T_c = [f_c < lambda] marks the classes
+    the weights protect (EQL, DropLoss, GOL). Call as `ClassificationLoss.forward`."""
     uses_rare = True                             # EQL/DropLoss weigh by T_c; Federated does not
     sigmoid_init = _constant_init(0.001, -6.5)   # classifier init with the Sigmoid activation
     def __init__(self, num_classes: int,
@@ -483,7 +563,11 @@ class ClassStatsLoss(ClassificationLoss):
                  generator: torch.Generator | None = None,   # randomness of DropLoss / Federated
                  mode: str = 'analytic',                     # 'analytic' or 'official' (the authors' EQL/DropLoss)
                  clamp: tuple | None = (-4., 10.), fused: bool = False, # Gumbel options
-                 **kwargs):
+                 **kwargs):                                  # reduction, loss_weight, background_label
+        """`image_counts[c]`: the number of training images containing class c; `num_images`: the number of
+        training images holding at least one annotation (LVIS v1: 99,388), at least every image count.
+        `background_label` (default True): integer label C marks a background row. See `ClassificationLoss`
+        for `reduction` ('mean': over the N x C elements, or sum / avg_factor) and `forward`."""
         if kwargs.get('background_channel'):
             raise ValueError(f"{type(self).__name__}: background_channel=True is not supported: EQL, DropLoss, "
                              "Federated and GOL train C channels")
@@ -495,6 +579,11 @@ class ClassStatsLoss(ClassificationLoss):
                              "at least one annotation (LVIS v1: 99,388); f_c = image_counts / num_images")
         if isinstance(num_images, bool) or not num_images > 0:
             raise ValueError(f"num_images: expected a positive number, got {num_images!r}")
+        if counts.numel() and float(counts.max()) > num_images:
+            c = int(counts.argmax())
+            raise ValueError(f"{type(self).__name__}: num_images={num_images} is smaller than image_counts[{c}]="
+                             f"{float(counts[c]):g} (class {c}'s training images): num_images counts every training "
+                             "image with an annotation, so it is at least each class's image count")
         if activation not in ('sigmoid', 'gumbel'):
             raise ValueError(f"activation: expected 'sigmoid' or 'gumbel', got {activation!r}")
         if mode not in GUMBEL_MODES: raise ValueError(f"mode: expected one of {GUMBEL_MODES}, got {mode!r}")
@@ -518,6 +607,10 @@ class ClassStatsLoss(ClassificationLoss):
         return _constant_init(0.001, -2.) if self.activation == 'gumbel' else dict(self.sigmoid_init)
 
     def scores(self, logits): return gumbel(logits) if self.activation == 'gumbel' else torch.sigmoid(logits)
+
+    def label_zero_share(self):
+        total = float(self.image_counts.sum())
+        return float(self.image_counts[0]) / total if total > 0 else None
 
     def elementwise(self, logits, labels, targets):
         if self.activation == 'gumbel': return _GumbelActivation.binary_loss(self, logits, labels, targets)
@@ -547,14 +640,18 @@ class ClassStatsLoss(ClassificationLoss):
         return present[:self.num_classes]
 
 class EQL(ClassStatsLoss):
-    "Equalization loss (CVPR 2020): foreground RoIs do not suppress rare classes."
+    """Equalization loss (CVPR 2020): foreground RoIs do not suppress rare classes, w_ic = 1 - FG_i T_c (1 - y_ic).
+
+    Options: see `ClassStatsLoss` (image_counts, num_images, lambda_, activation, mode)."""
     sigmoid_init = _normal_init(0.01, 0.)  # mmdetection's default fc_cls init, as the authors' Sigmoid EQL
     def element_weights(self, logits, labels, targets):
         drop = self._foreground(labels, targets)[:, None] & self.rare[None, :]
         return self._clear_positives(drop, labels, targets).logical_not_()  # keep mask
 
 class DropLoss(ClassStatsLoss):
-    "DropLoss (AAAI 2021): rare-class negatives dropped from foreground RoIs, and at random from background RoIs."
+    """DropLoss (AAAI 2021): rare-class negatives dropped from foreground RoIs, and at random from background RoIs.
+
+    Options: see `ClassStatsLoss` (image_counts, num_images, lambda_, activation, generator, mode)."""
     sigmoid_init = _constant_init(0.01, -6.9)  # the authors' Sigmoid DropLoss
     def element_weights(self, logits, labels, targets):
         fg = self._foreground(labels, targets)
@@ -565,14 +662,17 @@ class DropLoss(ClassStatsLoss):
         p_drop_bg = torch.where(num_fg > 0, 1 - r, torch.zeros_like(r))  # no foreground: r undefined, drop nothing
         drop = bernoulli_mask((fg.shape[0], self.num_classes), p_drop_bg, self.generator, logits.device)
         drop.logical_or_(fg[:, None]).logical_and_(self.rare[None, :])
-        return self._clear_positives(drop, labels, targets).logical_not_()  # keep mask
+        return torch.where(self._clear_positives(drop, labels, targets), 0., 1.)  # keep weights, float in one pass
 
 class FederatedLoss(ClassStatsLoss):
     "Federated loss (CenterNet2): only this batch's GT classes plus sampled ones, up to `num_sampled` classes."
     uses_rare = False
     sigmoid_init = _normal_init(0.01, math.log(0.01 / 0.99))  # CenterNet2's prior probability 0.01
-    def __init__(self, num_classes, image_counts, num_images=None, num_sampled: int = 50, freq_power: float = .5,
-                 **kwargs):
+    def __init__(self, num_classes: int, image_counts: Sequence[int] | torch.Tensor, num_images: int | None = None,
+                 num_sampled: int = 50,           # classes kept per batch: the GT classes plus sampled ones
+                 freq_power: float = .5,          # extra classes drawn with probability image_count ** freq_power
+                 **kwargs):                       # ClassStatsLoss options (activation, generator, reduction, ...)
+        "`image_counts`, `num_images`: the training set's class statistics (see `ClassStatsLoss`)."
         super().__init__(num_classes, image_counts, num_images, **kwargs)
         if num_sampled < 1: raise ValueError(f"num_sampled: expected a positive integer, got {num_sampled!r}")
         self.num_sampled = num_sampled
@@ -594,12 +694,188 @@ class FederatedLoss(ClassStatsLoss):
         return self.sampled_classes(labels, targets)[None, :].expand(logits.shape[0], -1)
 
 class GOL(DropLoss):
-    "Gumbel Optimized Loss (Eq. 10): DropLoss weights on the Gumbel loss, lambda 0.0011 (LVIS v1)."
-    def __init__(self, num_classes, image_counts, num_images=None, lambda_: float | str = 0.0011, **kwargs):
+    """Gumbel Optimized Loss (Eq. 10): DropLoss weights on the Gumbel loss, lambda 0.0011 (LVIS v1).
+
+    loss = (1/avg_factor) sum_i sum_c w_ic GL(q_ic, y_ic); detection heads pass avg_factor = number of RoIs."""
+    def __init__(self, num_classes: int,                          # C, foreground classes
+                 image_counts: Sequence[int] | torch.Tensor,     # (C,) training images containing each class
+                 num_images: int | None = None,                  # training images holding an annotation (required)
+                 lambda_: float | str = 0.0011,                  # frequency threshold of T_c, or 'rare'
+                 **kwargs):                                      # ClassStatsLoss / ClassificationLoss options
+        """GOL for C classes. `image_counts[c]`: training images containing class c; `num_images`: training images
+        with at least one annotation (>= every image count); f_c = image_counts / num_images, T_c = [f_c < lambda_].
+        Options: `mode` ('analytic' or 'official'), `clamp`, `fused`, `generator`, and `reduction`, `loss_weight`,
+        `background_label` (True: integer label C is a background row; -1 ignores a row). `forward(logits,
+        targets, weight, avg_factor, reduction_override)`: 'mean' divides the weighted sum by `avg_factor` when
+        given, otherwise by the N x C element count."""
         kwargs.setdefault('activation', 'gumbel')
         if kwargs['activation'] != 'gumbel':
             raise ValueError("GOL: activation is always 'gumbel'; use DropLoss for others")
         super().__init__(num_classes, image_counts, num_images, lambda_, **kwargs)
+
+# %% ../nbs/01_losses.ipynb #4386898b
+def _focal_positive(a, l0, alpha: float, gamma: float):
+    "Positive Gumbel focal loss alpha (1-G)^gamma a and its gradient, from a = -log G and l0 = -log(1-G)."
+    u = torch.exp(-gamma * l0)                                            # (1 - G)^gamma
+    loss = alpha * u * a
+    grad = -alpha * (gamma * torch.exp(2 * torch.log(a) - a - (gamma - 1) * l0) + a * u)  # G a^2 (1-G)^(gamma-1)
+    return loss, grad
+
+def _gumbel_focal_kernel(q, y, weight, sum_classes, alpha: float, gamma: float, lo, hi, z_min: float):
+    "Gumbel focal loss and its gradient, (N, C) each; negatives (1-alpha) G^gamma l0 everywhere, positives patched."
+    a, l0, g0 = gumbel_terms(q, (z_min if lo is None else max(lo, z_min), hi))  # saturated below z_min
+    w = torch.mul(a, -gamma).exp_()                                       # G^gamma
+    labels = not y.dtype.is_floating_point
+    if labels:
+        rows, cols = _positives(y, q.shape[1])
+        pos = _focal_positive(a[rows, cols], l0[rows, cols], alpha, gamma)
+    else: pos = _focal_positive(a, l0, alpha, gamma)
+    grad = g0.addcmul_(a, l0, value=gamma).mul_(w).mul_(1 - alpha)      # (1-alpha) G^gamma (gamma a l0 + g0)
+    loss = l0.mul_(w).mul_(1 - alpha)
+    if labels: loss[rows, cols], grad[rows, cols] = pos
+    else: loss.lerp_(pos[0], y); grad.lerp_(pos[1], y)
+    _zero_outside(grad, q, lo, hi)
+    return _weigh(loss, grad, weight, sum_classes)
+
+def gumbel_focal_loss(q: torch.Tensor,                # logits (N, C)
+                      y: torch.Tensor,                # float targets (N, C) in [0, 1], or labels (N,), C = background
+                      alpha: float = .25,             # weight of the positives (1 - alpha: the negatives)
+                      gamma: float = 2.,              # focusing exponent
+                      clamp: tuple | None = None,     # optional logit clamp (zero gradient outside)
+                      z_min: float = -4.,             # logits below count as z_min, in loss and gradient
+                      weight: torch.Tensor | None = None, # element weights, broadcastable to (N, C)
+                      sum_classes: bool = False       # return the (N,) weighted sums over classes
+                     ) -> torch.Tensor:
+    "Element-wise focal loss with Gumbel probabilities, finite for every finite logit, with its closed-form gradient."
+    if y.is_floating_point() and y.dtype != q.dtype: y = y.to(q.dtype)
+    lo, hi = clamp if clamp is not None else (None, None)
+    kernel = partial(_gumbel_focal_kernel, alpha=float(alpha), gamma=float(gamma), lo=lo, hi=hi, z_min=float(z_min))
+    return _PointwiseLoss.apply(q, y, weight, kernel, sum_classes)
+
+# %% ../nbs/01_losses.ipynb #55a61851
+def _check_focal(alpha, gamma, prior_prob):
+    if not 0 <= alpha <= 1: raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+    if not gamma >= 0: raise ValueError(f"gamma: expected a number >= 0, got {gamma!r}")
+    if not 0 < prior_prob < 1: raise ValueError(f"prior_prob: expected a probability in (0, 1), got {prior_prob!r}")
+
+class GumbelFocalLoss(ClassificationLoss):
+    """Focal loss (RetinaNet's) with Gumbel probabilities G = exp(-exp(-x)) in place of the Sigmoid: dense detection.
+
+    FL = -alpha y (1-G)^gamma log G - (1-alpha) (1-y) G^gamma log(1-G), computed as log G = -exp(-x) and
+    log(1-G) = log(-expm1(-exp(-x))), finite for every finite logit, with its closed-form gradient. C channels.
+    Logits below `z_min` count as `z_min` (loss and gradient). Call as `ClassificationLoss.forward`."""
+    activation = 'gumbel'
+    def __init__(self, num_classes: int,           # C, foreground classes
+                 alpha: float = .25,               # weight of positive elements (negatives: 1 - alpha)
+                 gamma: float = 2.,                # focusing exponent (0: alpha-weighted Gumbel BCE)
+                 prior_prob: float = .01,          # every class starts at this probability (`classifier_init`)
+                 clamp: tuple | None = None,       # optional logit clamp (zero gradient outside)
+                 z_min: float = -4.,               # logits below count as z_min (bounded positive gradient)
+                 **kwargs):                        # reduction, loss_weight, background_label (ClassificationLoss)
+        "Gumbel focal loss over C channels; integer labels use C as background, -1 as ignore."
+        if kwargs.pop('background_channel', False):
+            raise ValueError(f"{type(self).__name__}: background_channel=True is not supported: it trains C channels")
+        super().__init__(num_classes, **kwargs)
+        _check_focal(alpha, gamma, prior_prob)
+        self.alpha, self.gamma, self.prior_prob = float(alpha), float(gamma), float(prior_prob)
+        self.clamp, self.z_min = None if clamp is None else tuple(clamp), float(z_min)
+
+    @property
+    def classifier_init(self): return _normal_init(0.01, prior_bias('gumbel', self.prior_prob))
+
+    def scores(self, logits): return gumbel(logits)
+
+    def _loss(self, logits, labels, targets, weight=None, sum_classes=False):
+        y = labels if targets is None else targets
+        return gumbel_focal_loss(logits, y, self.alpha, self.gamma, self.clamp, self.z_min, weight, sum_classes)
+
+    def elementwise(self, logits, labels, targets): return self._loss(logits, labels, targets)
+    def row_losses(self, logits, labels, targets, weight): return self._loss(logits, labels, targets, weight, True)
+
+class SigmoidFocalLoss(ClassificationLoss):
+    """Sigmoid focal loss (Lin et al., RetinaNet) as torchvision's `sigmoid_focal_loss` computes it, C channels:
+    -alpha_t (1 - p_t)^gamma log p_t with p = sigmoid(x); the reference for `GumbelFocalLoss`."""
+    def __init__(self, num_classes: int,           # C, foreground classes
+                 alpha: float = .25,               # weight of positive elements (negatives: 1 - alpha)
+                 gamma: float = 2.,                # focusing exponent
+                 prior_prob: float = .01,          # every class starts at this probability (`classifier_init`)
+                 **kwargs):                        # reduction, loss_weight, background_label (ClassificationLoss)
+        "Sigmoid focal loss over C channels; integer labels use C as background, -1 as ignore."
+        if kwargs.pop('background_channel', False):
+            raise ValueError(f"{type(self).__name__}: background_channel=True is not supported: it trains C channels")
+        super().__init__(num_classes, **kwargs)
+        _check_focal(alpha, gamma, prior_prob)
+        self.alpha, self.gamma, self.prior_prob = float(alpha), float(gamma), float(prior_prob)
+
+    @property
+    def classifier_init(self): return _normal_init(0.01, prior_bias('sigmoid', self.prior_prob))
+
+    def elementwise(self, logits, labels, targets):
+        t = targets if targets is not None else _one_hot(labels, self.num_classes, logits.dtype)
+        p = torch.sigmoid(logits)
+        ce = F.binary_cross_entropy_with_logits(logits, t, reduction='none')
+        p_t = p * t + (1 - p) * (1 - t)
+        return (self.alpha * t + (1 - self.alpha) * (1 - t)) * ce * (1 - p_t) ** self.gamma
+
+# %% ../nbs/01_losses.ipynb #cdd3cf54
+class EQLv2(ClassificationLoss):
+    """Equalization loss v2 (Tan et al., CVPR 2021): Sigmoid BCE over C channels whose positive and negative elements
+    of class j are re-weighted from the gradients class j has received so far.
+
+    With g_j = (accumulated positive |dL/dx|) / (accumulated negative |dL/dx|) and f(g) = 1 / (1 + exp(-gamma (g - mu))),
+    negatives of class j weigh q_j = f(g_j) and positives r_j = 1 + alpha (1 - q_j). After each training forward
+    (logits that require grad) the weighted |p - y| of this batch are added to the buffers `pos_grad` and `neg_grad`
+    (all-reduced across processes when torch.distributed is initialised); before any gradient is seen, weights are 1."""
+    def __init__(self, num_classes: int,           # C, foreground classes
+                 gamma: float = 12.,               # steepness of the mapping f
+                 mu: float = .8,                   # the gradient ratio at which f = 1/2
+                 alpha: float = 4.,                # extra weight of positives of suppressed classes
+                 **kwargs):                        # reduction, loss_weight, background_label (ClassificationLoss)
+        "EQLv2 over C channels; integer labels use C as background, -1 as ignore; statistics start at zero."
+        if kwargs.pop('background_channel', False):
+            raise ValueError(f"{type(self).__name__}: background_channel=True is not supported: it trains C channels")
+        super().__init__(num_classes, **kwargs)
+        self.gamma, self.mu, self.alpha = float(gamma), float(mu), float(alpha)
+        self.register_buffer('pos_grad', torch.zeros(self.num_classes))
+        self.register_buffer('neg_grad', torch.zeros(self.num_classes))
+
+    @property
+    def classifier_init(self): return _normal_init(0.01, 0.)  # mmdetection's default fc_cls init, as EQLv2's code
+
+    def class_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        "(C,) negative weights q = f(g) and positive weights r = 1 + alpha (1 - q); 1 for a class without gradients."
+        ratio = self.pos_grad / (self.neg_grad + 1e-10)
+        q = torch.sigmoid(self.gamma * (ratio - self.mu))
+        q = torch.where(self.pos_grad + self.neg_grad > 0, q, torch.ones_like(q))
+        return q, 1 + self.alpha * (1 - q)
+
+    def element_weights(self, logits, labels, targets):
+        q, r = self.class_weights()
+        if targets is not None: return q + targets * (r - q)
+        w = q[None, :].repeat(logits.shape[0], 1)
+        rows, cols = _positives(labels, self.num_classes)
+        w[rows, cols] = r[cols]
+        return w
+
+    def elementwise(self, logits, labels, targets):
+        t = targets if targets is not None else _one_hot(labels, self.num_classes)
+        return F.binary_cross_entropy_with_logits(logits, t, reduction='none')
+
+    @torch.no_grad()
+    def observe(self, logits, labels, targets, weight):
+        "Add this batch's weighted gradient magnitudes |p - y| per class (`forward` calls it when logits require grad)."
+        p = torch.sigmoid(logits)
+        if targets is not None:
+            g = (p - targets).abs_().mul_(weight)
+            pos, neg = (g * targets).sum(0), (g * (1 - targets)).sum(0)
+        else:
+            pw = p.mul_(weight)                                  # negatives: p w
+            rows, cols = _positives(labels, self.num_classes)
+            w_pos, pw_pos = weight[rows, cols], pw[rows, cols]
+            neg = pw.sum(0).index_add_(0, cols, -pw_pos)
+            pos = torch.zeros_like(neg).index_add_(0, cols, w_pos - pw_pos)  # positives: (1 - p) w
+        if dist.is_available() and dist.is_initialized(): dist.all_reduce(pos); dist.all_reduce(neg)
+        self.pos_grad += pos; self.neg_grad += neg
 
 # %% ../nbs/01_losses.ipynb #542a2516
 LOSSES = {
@@ -608,17 +884,42 @@ LOSSES = {
     'droploss': partial(DropLoss, activation='sigmoid'), 'droploss_gumbel': partial(DropLoss, activation='gumbel'),
     'federated': partial(FederatedLoss, activation='sigmoid'),
     'federated_gumbel': partial(FederatedLoss, activation='gumbel'),
-    'gol': GOL}
+    'gol': GOL, 'focal': SigmoidFocalLoss, 'gumbel_focal': GumbelFocalLoss, 'eqlv2': EQLv2}
 CLASS_STATS_LOSSES = {'eql', 'eql_gumbel', 'droploss', 'droploss_gumbel', 'federated', 'federated_gumbel', 'gol'}
-GUMBEL_LOSSES = {'gumbel', 'eql_gumbel', 'droploss_gumbel', 'federated_gumbel', 'gol'}  # the Gumbel activation
+GUMBEL_LOSSES = {'gumbel', 'eql_gumbel', 'droploss_gumbel', 'federated_gumbel', 'gol'}  # Gumbel BCE: clamp, fused
 OFFICIAL_LOSSES = {'gumbel', 'eql', 'eql_gumbel', 'droploss', 'droploss_gumbel', 'gol'}  # have mode='official'
+
+class LossOptionError(TypeError, ValueError):
+    "An option a loss does not take: a TypeError as Python's own for unknown keywords, and a ValueError as config errors."
+
+def loss_options(name: str # a key of `LOSSES`
+                ) -> list[str]:
+    "The keyword arguments `build_loss(name, num_classes, ...)` accepts (the constructors' along the class chain)."
+    factory = LOSSES[name]
+    fixed = set(factory.keywords) if isinstance(factory, partial) else set()
+    cls = factory.func if isinstance(factory, partial) else factory
+    names = set()
+    for klass in cls.__mro__:
+        if '__init__' not in vars(klass): continue
+        params = inspect.signature(vars(klass)['__init__']).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params) or klass is ClassificationLoss: break
+    names.add('background_channel')  # every loss takes it: False everywhere, True where it has that channel
+    if name == 'softmax': names.add('background')  # the old name of background_channel, still accepted
+    return sorted(names - fixed - {'self', 'num_classes'})
 
 def build_loss(name: str,        # a key of `LOSSES`
                num_classes: int, # C, foreground classes
-               **kwargs          # the loss's own options (image_counts, num_images, mode, ...)
+               **kwargs          # the loss's own options (image_counts, num_images, mode, ...): see `loss_options`
               ) -> ClassificationLoss:
-    "The loss called `name`, for `num_classes` classes."
+    "The loss called `name`, for `num_classes` classes; an unknown option is named, with the ones accepted."
     if name not in LOSSES: raise ValueError(f"build_loss: unknown loss {name!r}; expected one of {sorted(LOSSES)}")
+    accepted = loss_options(name)
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ''
+            raise LossOptionError(f"build_loss: loss {name!r} has no option {key!r}{hint}; it accepts {', '.join(accepted)}")
     if name in CLASS_STATS_LOSSES and (kwargs.get('image_counts') is None or kwargs.get('num_images') is None):
         raise ValueError(f"build_loss: loss {name!r} needs image_counts and num_images from the training set")
     return LOSSES[name](num_classes, **kwargs)
