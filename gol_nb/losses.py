@@ -518,14 +518,20 @@ def bernoulli_mask(shape: tuple,                      # mask shape
                    device: torch.device | str | None = None
                   ) -> torch.Tensor:
     "Bool mask of independent Bernoulli(p) draws, p quantised to 2^-16: four draws per 64 random bits."
+    u = _uniform_int16(shape, generator, device)
+    p = torch.as_tensor(p, device=u.device, dtype=torch.float32)
+    return (u <= _int16_threshold(p)).logical_and_(p > 0)
+
+def _uniform_int16(shape, generator, device) -> torch.Tensor:
+    "int16 draws uniform on [-32768, 32767], four per 64 random bits."
     n = math.prod(shape)
     dev = generator.device if generator is not None else device
     words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, generator=generator, device=dev)
-    words = words.to(device)
-    u = words.view(torch.int16)[:n].view(shape)              # uniform on [-32768, 32767]
-    p = torch.as_tensor(p, device=u.device, dtype=torch.float32)
-    last = (p * 65536).round().sub_(32769).clamp_(-32768, 32767).to(torch.int16)  # u <= last  <=>  u < p * 2^16 - 32768
-    return (u <= last).logical_and_(p > 0)
+    return words.to(device).view(torch.int16)[:n].view(shape)
+
+def _int16_threshold(p: torch.Tensor) -> torch.Tensor:
+    "`last` with u <= last  <=>  u < p * 2^16 - 32768 for p > 0 (p = 0 needs its own test)."
+    return (p * 65536).round().sub_(32769).clamp_(-32768, 32767).to(torch.int16)
 
 RARE_MAX_IMAGES = 10  # LVIS's rare group: classes seen in at most 10 training images
 
@@ -632,6 +638,13 @@ class ClassStatsLoss(ClassificationLoss):
         mask[rows, labels[rows]] = False
         return mask
 
+    def _keep_positives(self, keep, labels, targets) -> torch.Tensor:
+        "`keep` with every positive element (y_ic > 0) set to True, in place."
+        if targets is not None: return keep.logical_or_(targets > 0)
+        rows, cols = _positives(labels, self.num_classes)
+        keep[rows, cols] = True
+        return keep
+
     def _positive_classes(self, labels, targets) -> torch.Tensor:
         "(C,) bool: classes with a positive in the batch."
         if targets is not None: return (targets > 0).any(0)
@@ -660,9 +673,12 @@ class DropLoss(ClassStatsLoss):
         else: rare_fg = torch.cat([self.rare, self.rare.new_zeros(1)])[labels]
         r = rare_fg.sum() / num_fg.clamp(min=1)
         p_drop_bg = torch.where(num_fg > 0, 1 - r, torch.zeros_like(r))  # no foreground: r undefined, drop nothing
-        drop = bernoulli_mask((fg.shape[0], self.num_classes), p_drop_bg, self.generator, logits.device)
-        drop.logical_or_(fg[:, None]).logical_and_(self.rare[None, :])
-        return torch.where(self._clear_positives(drop, labels, targets), 0., 1.)  # keep weights, float in one pass
+        # keep = not drop, built directly from the same draws as `bernoulli_mask` (B_ic = u_ic <= last, p > 0)
+        u = _uniform_int16((fg.shape[0], self.num_classes), self.generator, logits.device)
+        keep = u > _int16_threshold(p_drop_bg)                            # background rows: not B_ic ...
+        keep.logical_or_((~(self.rare & (p_drop_bg > 0)))[None, :])       # ... where T_c (and p > 0)
+        keep[fg] = ~self.rare                                             # foreground rows: no rare negative
+        return self._keep_positives(keep, labels, targets)
 
 class FederatedLoss(ClassStatsLoss):
     "Federated loss (CenterNet2): only this batch's GT classes plus sampled ones, up to `num_sampled` classes."

@@ -595,3 +595,20 @@ def test_unknown_loss_option_is_named_with_the_accepted_ones():
     assert 'clamp' in L.loss_options('gumbel') and 'alpha' in L.loss_options('eqlv2')
     for name in LOSSES:  # background_channel=False is accepted by every loss (configs pass it)
         make(name, background_channel=False)
+
+
+def test_eqlv2_all_reduces_under_torch_distributed(tmp_path):
+    "With a process group (gloo, one process) the statistics go through all_reduce and stay the batch's sums."
+    import torch.distributed as dist
+    if not dist.is_available(): pytest.skip('torch.distributed not available')
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/pg', rank=0, world_size=1)
+    try:
+        loss = L.EQLv2(3)
+        x = torch.randn(6, 3, requires_grad=True)
+        labels = torch.tensor([0, 1, 3, 3, 2, 0])
+        loss(x, labels).backward()
+        p, t = torch.sigmoid(x.detach()), F.one_hot(labels, 4)[:, :3].float()
+        torch.testing.assert_close(loss.pos_grad, ((1 - p) * t).sum(0))
+        torch.testing.assert_close(loss.neg_grad, (p * (1 - t)).sum(0))
+    finally:
+        dist.destroy_process_group()
