@@ -1,15 +1,16 @@
-"""Forward + backward time of GumbelBCE and GOL against F.binary_cross_entropy_with_logits.
+"""Forward + backward time and saved memory of the Gumbel losses against F.binary_cross_entropy_with_logits.
 
-Side by side in one run, interleaved repetitions, median times; prints the ratios to BCE-with-logits. Every loss
-is reduced as a detection head reduces it: the sum over classes and RoIs divided by the number of RoIs.
-Targets: CPU GumbelBCE <= 1.5x, GOL <= 2x; GPU <= 1.2x. 'fused' rows use torch.compile (GumbelBCE(fused=True)).
-    python benchmarks/bench_losses.py [--rows 8192 --classes 1204 --device cuda --reps 20]
+Side by side in one run, interleaved repetitions, median times; prints the ratios to BCE-with-logits and the bytes
+each loss keeps for backward (counted with torch.autograd.graph.saved_tensors_hooks). Every loss is reduced as a
+detection head reduces it: the sum over classes and RoIs divided by the number of RoIs.
+Targets (issue 22): eager GumbelBCE <= 1.5x, GOL <= 2x; fused (torch.compile) <= 1.2x / 1.5x; saved bytes <= BCE's.
+    python benchmarks/bench_losses.py [--rows 8192 --classes 1204 --device cuda --reps 15 --no-fused]
 """
 from __future__ import annotations
 import argparse, statistics, time
 import torch
 import torch.nn.functional as F
-from gol_nb.losses import GumbelBCE, GOL, _one_hot
+from gol_nb.losses import GumbelBCE, GumbelFocalLoss, GOL, _one_hot
 
 
 def timed(fn, device) -> float:
@@ -19,6 +20,18 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t
 
 
+def saved_bytes(loss_fn) -> int:
+    "Bytes of the distinct tensors autograd saves for backward during one forward of `loss_fn` (a 0-dim loss)."
+    seen = {}
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))] = t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = loss_fn()
+    del out
+    return sum(seen.values())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--rows', type=int, default=8192)
@@ -26,6 +39,7 @@ def main():
     ap.add_argument('--reps', type=int, default=15)
     ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     ap.add_argument('--fg', type=float, default=.25, help='share of foreground rows (mmdet samples 25%% positives)')
+    ap.add_argument('--no-fused', action='store_true', help='skip the torch.compile rows')
     a = ap.parse_args()
     dev = torch.device(a.device)
     g = torch.Generator().manual_seed(0)
@@ -37,31 +51,39 @@ def main():
     n_r, n_c = round(C * 337 / 1203), round(C * 461 / 1203)
     counts = torch.cat([torch.randint(1, 11, (n_r,), generator=g), torch.randint(11, 101, (n_c,), generator=g),
                         torch.randint(101, 20_000, (C - n_r - n_c,), generator=g)])
-    gumbel, gumbel_lbl = GumbelBCE(C).to(dev), GumbelBCE(C).to(dev)
+    gumbel = GumbelBCE(C).to(dev)
     gol = GOL(C, counts, num_images=100_000, generator=torch.Generator(dev).manual_seed(0)).to(dev)
-    gumbel_fused = GumbelBCE(C, fused=True).to(dev)
-    gol_fused = GOL(C, counts, num_images=100_000, generator=torch.Generator(dev).manual_seed(0), fused=True).to(dev)
-    cases = {
-        'bce_with_logits (one-hot)': lambda: F.binary_cross_entropy_with_logits(logits, onehot, reduction='sum').div(N).backward(),
-        'GumbelBCE (one-hot)': lambda: gumbel(logits, onehot, avg_factor=N).backward(),
-        'GumbelBCE (labels)': lambda: gumbel_lbl(logits, labels, avg_factor=N).backward(),
-        'GOL (labels)': lambda: gol(logits, labels, avg_factor=N).backward(),
-        'GumbelBCE fused (labels)': lambda: gumbel_fused(logits, labels, avg_factor=N).backward(),
-        'GOL fused (labels)': lambda: gol_fused(logits, labels, avg_factor=N).backward(),
+    focal = GumbelFocalLoss(C).to(dev)
+    losses = {
+        'bce_with_logits (one-hot)': lambda: F.binary_cross_entropy_with_logits(logits, onehot, reduction='sum') / N,
+        'GumbelBCE (one-hot)': lambda: gumbel(logits, onehot, avg_factor=N),
+        'GumbelBCE (labels)': lambda: gumbel(logits, labels, avg_factor=N),
+        'GOL (labels)': lambda: gol(logits, labels, avg_factor=N),
+        'GumbelFocal (labels)': lambda: focal(logits, labels, avg_factor=N),
     }
-    t = time.perf_counter(); cases['GumbelBCE fused (labels)'](); cases['GOL fused (labels)']()
-    print(f"first call of the fused losses (torch.compile, cached on disk afterwards): {time.perf_counter() - t:.1f} s")
-    for fn in cases.values(): fn(); fn()  # warm-up
+    if not a.no_fused:
+        gumbel_fused = GumbelBCE(C, fused=True).to(dev)
+        gol_fused = GOL(C, counts, num_images=100_000, generator=torch.Generator(dev).manual_seed(0), fused=True).to(dev)
+        losses['GumbelBCE fused (labels)'] = lambda: gumbel_fused(logits, labels, avg_factor=N)
+        losses['GOL fused (labels)'] = lambda: gol_fused(logits, labels, avg_factor=N)
+        t = time.perf_counter()
+        losses['GumbelBCE fused (labels)']().backward(); losses['GOL fused (labels)']().backward()
+        print(f"first call of the fused losses (torch.compile, cached on disk afterwards): {time.perf_counter() - t:.1f} s")
+    memory = {k: saved_bytes(fn) for k, fn in losses.items()}
+    cases = {k: (lambda fn=fn: fn().backward()) for k, fn in losses.items()}
+    for fn in cases.values(): fn()  # warm-up
     times = {k: [] for k in cases}
     for _ in range(a.reps):
         for k, fn in cases.items():
             logits.grad = None
             times[k].append(timed(fn, dev))
-    base = statistics.median(times['bce_with_logits (one-hot)'])
-    print(f"device {dev}, logits ({N} x {C}) fp32, {a.reps} interleaved repetitions, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    base, base_mem = statistics.median(times['bce_with_logits (one-hot)']), memory['bce_with_logits (one-hot)']
+    print(f"device {dev}, logits ({N} x {C}) fp32, forward + backward, {a.reps} interleaved repetitions, medians, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"{'loss':28s} {'time':>10s} {'ratio':>6s}   {'saved for backward':>18s} {'ratio':>6s}")
     for k, ts in times.items():
         m = statistics.median(ts)
-        print(f"{k:28s} {m * 1e3:8.1f} ms   ratio {m / base:5.2f}")
+        print(f"{k:28s} {m * 1e3:7.1f} ms {m / base:6.2f}   {memory[k] / 2**20:15.1f} MiB {memory[k] / base_mem:6.2f}")
 
 
 if __name__ == '__main__':

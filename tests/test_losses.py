@@ -222,14 +222,14 @@ def test_lvis_v1_rare_mask_counts():
 
 def test_no_rare_class_warns_once():
     with pytest.warns(UserWarning, match='marks no class') as rec:
-        loss = GOL(C, COUNTS, 100, generator=torch.Generator().manual_seed(0))  # 0.0011 x 100 images
+        loss = GOL(C, COUNTS, 900, generator=torch.Generator().manual_seed(0))  # fewest: 1 of 900 images > 0.0011
     assert len(rec) == 1
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         for _ in range(3): loss(torch.randn(8, C), torch.randint(0, C + 1, (8,)))
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        FederatedLoss(C, COUNTS, 100)  # Federated does not use the threshold: no warning
+        FederatedLoss(C, COUNTS, 900)  # Federated does not use the threshold: no warning
 
 
 # ---------------------------------------------------------------- item 6 (loss side): classifier initialisation
@@ -311,12 +311,26 @@ def test_one_based_labels_are_caught():
     x = torch.randn(4, C)
     with pytest.raises(ValueError, match='1..C'): GumbelBCE(C, background_label=False)(x, torch.tensor([1, 2, 5, 3]))
     with pytest.raises(ValueError, match=r'\[-1, 4\]'): SoftmaxCE(C, background_channel=False)(x, torch.tensor([5, 1, 0, 2]))
-    # a detection batch in torchvision's numbering: no background label C, mostly 0
-    labels = torch.tensor([0] * 90 + [3] * 10)
-    with pytest.warns(UserWarning, match='to_loss_labels'): make('gumbel')(torch.randn(100, C), labels)
+    # a detection batch in torchvision's numbering (no background label C, 75% label 0) for a loss whose class 0 is
+    # in 1% of the training images: warned
+    labels = torch.tensor([0] * 75 + [3] * 25)
+    lvis_like = dict(image_counts=[10, 400, 300, 200, 100], num_images=1000, lambda_='rare', generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match='to_loss_labels'): build_loss('gol', C, **lvis_like)(torch.randn(100, C), labels)
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        make('gumbel')(torch.randn(100, C), torch.tensor([C] * 90 + [3] * 10))  # the losses' own numbering
+        build_loss('gol', C, **lvis_like)(torch.randn(100, C), torch.tensor([C] * 75 + [3] * 25))  # own numbering
+        make('gumbel')(torch.randn(100, C), labels)  # no class statistics: nothing to judge the share by
+
+
+def test_long_tailed_batch_mostly_class_zero_does_not_warn():
+    "Issue 21: class 0 is the head class of every long-tailed set; a batch drawn from it is mostly class 0."
+    counts = torch.tensor([900., 50, 30, 10, 5])
+    labels = torch.multinomial(counts, 256, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert (labels == 0).float().mean() > .85
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        GOL(5, counts, 995, 'rare')(torch.randn(256, 5), labels)
+        GumbelBCE(5)(torch.randn(256, 5), labels)
 
 
 # ---------------------------------------------------------------- the fused (compiled) Gumbel path
@@ -362,3 +376,239 @@ def test_fused_falls_back_when_compile_fails(fused_batch, monkeypatch):
     torch.testing.assert_close(loss_f, loss_e, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_f, grad_e, rtol=1e-5, atol=1e-7)
     monkeypatch.setattr(L, '_fused_kernel', None)  # later tests compile for real
+
+
+# ---------------------------------------------------------------- issue 22: the shared closed-form autograd path
+def _gumbel_reference(q, y, clamp=(-4., 10.), mu=0., beta=1.):
+    "Eq. 8 written out in float64 and differentiated by autograd (clamp: torch.clamp, zero gradient outside)."
+    z = (q.clamp(*clamp) if clamp else q) - mu
+    a = torch.exp(-z / beta)
+    return y * a - (1 - y) * torch.log(-torch.expm1(-a))
+
+
+@pytest.mark.parametrize('targets', ['labels', 'dense'])
+@pytest.mark.parametrize('clamp,mu,beta', [((-4., 10.), 0., 1.), (None, 0., 1.), ((-3., 8.), .4, 1.6)])
+def test_gumbel_function_against_float64_reference(targets, clamp, mu, beta):
+    g = torch.Generator().manual_seed(3)
+    q64 = (torch.randn(40, 6, generator=g, dtype=torch.float64) * 6).requires_grad_()
+    labels = torch.randint(0, 7, (40,), generator=g)
+    onehot = F.one_hot(labels, 7)[:, :6].double()
+    y = labels if targets == 'labels' else onehot * .8
+    ref = _gumbel_reference(q64, onehot if targets == 'labels' else y, clamp, mu, beta)
+    g_ref, = torch.autograd.grad(ref.sum(), q64)
+    q32 = q64.detach().float().requires_grad_()
+    out = L.gumbel_bce(q32, y if targets == 'labels' else y.float(), clamp, mu, beta)
+    g32, = torch.autograd.grad(out.sum(), q32)
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(g32.double(), g_ref, rtol=2e-6, atol=1e-7)
+    # float64 gradcheck of the Function itself (away from the clamp's kinks)
+    x = (torch.rand(5, 6, generator=g, dtype=torch.float64) * 10 - 3.5).requires_grad_()
+    yy = labels[:5] if targets == 'labels' else onehot[:5] * .8
+    w = torch.rand(5, 6, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda v: L.gumbel_bce(v, yy, clamp, mu, beta, weight=w, sum_classes=True), (x,))
+
+
+def test_gumbel_function_far_logits_use_the_series():
+    q = torch.tensor([[19., 21., 60., 88., 100., 1e4]], requires_grad=True)
+    out = L.gumbel_bce(q, torch.zeros(1, 6), clamp=None)
+    g, = torch.autograd.grad(out.sum(), q)
+    torch.testing.assert_close(out, q.detach() + .5 * torch.exp(-q.detach()))
+    torch.testing.assert_close(g, 1 - .5 * torch.exp(-q.detach()))
+
+
+def _saved_bytes(fn):
+    seen = {}
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), tuple(t.shape))] = t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): fn()
+    return sum(seen.values())
+
+
+def test_gumbel_losses_save_no_more_than_bce():
+    q = torch.randn(256, 40, requires_grad=True)
+    labels = torch.where(torch.rand(256) < .3, torch.randint(0, 40, (256,)), 40)
+    onehot = F.one_hot(labels, 41)[:, :40].float()
+    bce = _saved_bytes(lambda: F.binary_cross_entropy_with_logits(q, onehot, reduction='sum'))
+    counts = torch.randint(1, 500, (40,))
+    for loss in (GumbelBCE(40), GOL(40, counts, 1000, 'rare', generator=torch.Generator().manual_seed(0)),
+                 L.GumbelFocalLoss(40), EQL(40, counts, 1000, 'rare', activation='gumbel')):
+        for y in (labels, onehot):
+            assert _saved_bytes(lambda: loss(q, y, avg_factor=256.)) <= bce, type(loss).__name__
+
+
+# ---------------------------------------------------------------- issue 19: Gumbel focal loss, sigmoid focal loss
+def _focal_reference(x, y, alpha=.25, gamma=2.):
+    log_g = -torch.exp(-x)
+    log_1mg = torch.log(-torch.expm1(log_g))
+    g = torch.exp(log_g)
+    return -alpha * y * (1 - g) ** gamma * log_g - (1 - alpha) * (1 - y) * g ** gamma * log_1mg
+
+
+@pytest.mark.parametrize('alpha,gamma', [(.25, 2.), (.5, 0.), (.9, 1.5)])
+def test_gumbel_focal_against_float64_reference(alpha, gamma):
+    g = torch.Generator().manual_seed(5)
+    x64 = (torch.rand(64, 7, generator=g, dtype=torch.float64) * 25 - 3.9).requires_grad_()
+    labels = torch.randint(-1, 8, (64,), generator=g)
+    onehot = F.one_hot(labels.clamp(min=0), 8)[:, :7].double() * (labels >= 0).double()[:, None]
+    ref = _focal_reference(x64, onehot, alpha, gamma) * (labels >= 0).double()[:, None]
+    g_ref, = torch.autograd.grad(ref.sum(), x64)
+    loss = L.build_loss('gumbel_focal', 7, alpha=alpha, gamma=gamma)
+    for y in (labels, onehot.float()):
+        x32 = x64.detach().float().requires_grad_()
+        out = loss(x32, y if y.dtype == torch.long else torch.where(labels[:, None] >= 0, y, 0.),
+                   reduction_override='none')
+        if y.dtype != torch.long: out = out * (labels >= 0).float()[:, None]
+        g32, = torch.autograd.grad(out.sum(), x32)
+        torch.testing.assert_close(out.double(), ref.detach(), rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(g32.double(), g_ref, rtol=1e-5, atol=1e-9)
+    x = (torch.rand(6, 7, generator=g, dtype=torch.float64) * 12 - 3.5).requires_grad_()
+    w = torch.rand(6, 7, generator=g, dtype=torch.float64)
+    for y in (labels[:6].clamp(min=0), onehot[:6] * .6):
+        assert torch.autograd.gradcheck(
+            lambda v: L.gumbel_focal_loss(v, y, alpha, gamma, weight=w, sum_classes=True), (x,))
+
+
+@pytest.mark.parametrize('dtype', [None, torch.bfloat16])
+def test_gumbel_focal_extreme_logits(dtype):
+    x = torch.tensor([[-1e4, 1e4, -1e4], [1e4, -1e4, 1e4], [0., -60., 90.]], requires_grad=True)
+    for y in (torch.tensor([0, 1, 3]), torch.tensor([[1., 0, 1], [0, 1, 0], [.5, 1, 0]])):
+        for name in ('gumbel_focal', 'focal'):
+            loss = L.build_loss(name, 3)
+            if dtype is None: out = loss(x, y, reduction_override='none')
+            else:
+                with torch.autocast('cpu', dtype=dtype): out = loss(x.to(dtype), y, reduction_override='none')
+            g, = torch.autograd.grad(out.sum(), x)
+            assert torch.isfinite(out).all() and torch.isfinite(g).all(), (name, y)
+    # a positive far below the prior keeps a bounded gradient that pushes it up
+    xp = torch.tensor([[-1e4]], requires_grad=True)
+    g, = torch.autograd.grad(L.gumbel_focal_loss(xp, torch.tensor([0])).sum(), xp)
+    assert -20 < g.item() < -1
+
+
+def test_gumbel_focal_prior():
+    loss = L.build_loss('gumbel_focal', 10)
+    b = loss.classifier_init['bias']
+    assert b == pytest.approx(-math.log(-math.log(.01)))
+    assert torch.exp(-torch.exp(torch.tensor(-b))).item() == pytest.approx(.01)
+    head = init_classifier(torch.nn.Linear(16, 10), loss.classifier_init)
+    assert loss.scores(head(torch.zeros(2, 16))).mean().item() == pytest.approx(.01, rel=1e-4)
+    assert L.build_loss('focal', 10).classifier_init['bias'] == pytest.approx(math.log(.01 / .99))
+    with pytest.raises(ValueError, match='alpha'): L.build_loss('gumbel_focal', 3, alpha=1.5)
+
+
+def test_sigmoid_focal_matches_torchvision():
+    tv = pytest.importorskip('torchvision.ops')
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(50, 6, generator=g) * 4).requires_grad_()
+    labels = torch.randint(0, 7, (50,), generator=g)
+    t = F.one_hot(labels, 7)[:, :6].float()
+    for alpha, gamma in ((.25, 2.), (.6, 1.)):
+        ours = L.build_loss('focal', 6, alpha=alpha, gamma=gamma)
+        ref = tv.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma, reduction='none')
+        torch.testing.assert_close(ours(x, labels, reduction_override='none'), ref)
+        torch.testing.assert_close(ours(x, t, avg_factor=50.), ref.sum() / 50)
+        g1, = torch.autograd.grad(ours(x, labels, reduction_override='sum'), x)
+        g2, = torch.autograd.grad(ref.sum(), x)
+        torch.testing.assert_close(g1, g2)
+
+
+# ---------------------------------------------------------------- issue 19: EQLv2
+def test_eqlv2_weights_hand_worked():
+    loss = L.build_loss('eqlv2', 3, gamma=12, mu=.8, alpha=4.)
+    assert torch.equal(loss.class_weights()[0], torch.ones(3))  # no gradient seen yet: every weight 1
+    loss.pos_grad.copy_(torch.tensor([3., 0., 1.2])); loss.neg_grad.copy_(torch.tensor([3., 7., 1.]))
+    q, r = loss.class_weights()
+    f = lambda g: 1 / (1 + math.exp(-12 * (g - .8)))
+    expected_q = torch.tensor([f(1.), f(0.), f(1.2)])           # 0.9168, 6.77e-5, 0.9918
+    torch.testing.assert_close(q, expected_q)
+    torch.testing.assert_close(r, 1 + 4 * (1 - expected_q))
+    assert q[1].item() == pytest.approx(1 / (1 + math.exp(9.6)))  # never positive: f(0)
+    # the element weights: r on a row's positive, q elsewhere; background rows all q
+    w = loss.element_weights(torch.zeros(3, 3), torch.tensor([1, 3, 0]), None)
+    torch.testing.assert_close(w, torch.stack([torch.stack([q[0], r[1], q[2]]), q, torch.stack([r[0], q[1], q[2]])]))
+    el = loss(torch.zeros(3, 3), torch.tensor([1, 3, 0]), reduction_override='none')
+    torch.testing.assert_close(el, w * math.log(2.))
+
+
+@pytest.mark.parametrize('form', ['labels', 'dense'])
+def test_eqlv2_accumulates_weighted_abs_p_minus_y(form):
+    g = torch.Generator().manual_seed(4)
+    loss = L.EQLv2(4)
+    loss.pos_grad.fill_(1.); loss.neg_grad.copy_(torch.tensor([1., 2., 4., 8.]))  # weights not 1
+    x = torch.randn(9, 4, generator=g, requires_grad=True)
+    labels = torch.tensor([0, 4, 1, 1, -1, 3, 4, 0, 2])
+    t = F.one_hot(labels.clamp(min=0), 5)[:, :4].float()
+    keep = (labels >= 0).float()[:, None]
+    w = loss.element_weights(x, labels.clamp(min=0), None) * keep * 2.   # the ignored row has weight 0
+    before_pos, before_neg = loss.pos_grad.clone(), loss.neg_grad.clone()
+    y = labels if form == 'labels' else torch.where(keep > 0, t, torch.zeros_like(t))
+    out = loss(x, y, weight=torch.full((9,), 2.) if form == 'labels' else torch.full((9,), 2.) * keep[:, 0])
+    out.backward()
+    grad = (torch.sigmoid(x.detach()) - t).abs() * w
+    torch.testing.assert_close(loss.pos_grad - before_pos, (grad * t).sum(0))
+    torch.testing.assert_close(loss.neg_grad - before_neg, (grad * (1 - t)).sum(0))
+    with torch.no_grad(): loss(x, y)                                  # evaluation: no accumulation
+    torch.testing.assert_close(loss.pos_grad - before_pos, (grad * t).sum(0))
+
+
+def test_eqlv2_class_never_positive_gets_f0_after_a_step():
+    loss = L.EQLv2(3)
+    x = torch.randn(16, 3, requires_grad=True)
+    loss(x, torch.tensor([0, 1] * 4 + [3] * 8)).backward()          # class 2 never positive
+    q, r = loss.class_weights()
+    assert q[2].item() == pytest.approx(1 / (1 + math.exp(12 * .8)))
+    assert r[2].item() == pytest.approx(1 + 4 * (1 - q[2].item()))
+    assert isinstance(loss.state_dict()['pos_grad'], torch.Tensor)  # statistics are buffers: saved and moved
+
+
+# ---------------------------------------------------------------- issue 21: help, top-level imports, clear refusals
+def test_help_shows_the_meaning_of_the_arguments():
+    import pydoc
+    text = pydoc.render_doc(GOL, renderer=pydoc.plaintext)
+    for word in ('image_counts', 'num_images', 'avg_factor', 'background_label', "'mean'"):
+        assert word in text, word
+    assert 'Define the computation performed at every call' not in text  # not torch's generic forward docstring
+    for cls in (L.ClassificationLoss, SoftmaxCE, SigmoidBCE, GumbelBCE, EQL, DropLoss, FederatedLoss, GOL,
+                L.EQLv2, L.GumbelFocalLoss, L.SigmoidFocalLoss):
+        assert cls.__doc__ and cls.__init__.__doc__ and cls.forward.__doc__, cls.__name__
+
+
+def test_top_level_imports():
+    from gol_nb import GOL as G, build_loss as b, GumbelFocalLoss, EQLv2
+    assert G is GOL and b is build_loss and GumbelFocalLoss is L.GumbelFocalLoss and EQLv2 is L.EQLv2
+    import gol_nb
+    with pytest.raises(AttributeError): gol_nb.NoSuchLoss
+
+
+def test_num_images_below_an_image_count_is_refused():
+    with pytest.raises(ValueError, match=r'num_images=100 is smaller than image_counts\[0\]=900'):
+        GOL(C, COUNTS, 100)
+    with pytest.raises(ValueError, match='num_images=100'): build_loss('eql', C, image_counts=COUNTS, num_images=100)
+
+
+def test_unknown_loss_option_is_named_with_the_accepted_ones():
+    with pytest.raises(ValueError, match=r"loss 'gol' has no option 'foo'; it accepts .*image_counts.*lambda_"):
+        build_loss('gol', C, foo=1, **STATS)
+    with pytest.raises(ValueError, match=r"did you mean 'lambda_'"): build_loss('gol', C, lamda=.1, **STATS)
+    with pytest.raises(TypeError, match='no option'): build_loss('sigmoid', C, clamp=(-4, 10))
+    assert 'clamp' in L.loss_options('gumbel') and 'alpha' in L.loss_options('eqlv2')
+    for name in LOSSES:  # background_channel=False is accepted by every loss (configs pass it)
+        make(name, background_channel=False)
+
+
+def test_eqlv2_all_reduces_under_torch_distributed(tmp_path):
+    "With a process group (gloo, one process) the statistics go through all_reduce and stay the batch's sums."
+    import torch.distributed as dist
+    if not dist.is_available(): pytest.skip('torch.distributed not available')
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/pg', rank=0, world_size=1)
+    try:
+        loss = L.EQLv2(3)
+        x = torch.randn(6, 3, requires_grad=True)
+        labels = torch.tensor([0, 1, 3, 3, 2, 0])
+        loss(x, labels).backward()
+        p, t = torch.sigmoid(x.detach()), F.one_hot(labels, 4)[:, :3].float()
+        torch.testing.assert_close(loss.pos_grad, ((1 - p) * t).sum(0))
+        torch.testing.assert_close(loss.neg_grad, (p * (1 - t)).sum(0))
+    finally:
+        dist.destroy_process_group()
