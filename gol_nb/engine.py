@@ -1135,7 +1135,7 @@ def parse_trainer_args(p: OneLineParser,  # from `trainer_parser`
                        presets: dict[str, str], # preset name -> one-line description
                       ) -> tuple[Any, argparse.Namespace]:
     "(config, args); `--list-presets` prints and exits; a bad config is a one-line error."
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # key=value overrides may come before and after the flags
     if a.list_presets:
         w = max(map(len, presets), default=0)
         print('\n'.join(f'{n:<{w}}  {d}' for n, d in presets.items())); p.exit(0)
