@@ -434,3 +434,16 @@ def test_a_diverging_run_warns_once_naming_base_lr_and_grad_clip(data_root, tmp_
     err = capsys.readouterr().err
     assert err.count('exploded') == 1 and 'base_lr (now 10000)' in err and 'grad_clip (now 10)' in err, err[-2000:]
     assert [r for r in read_jsonl(out / 'log.jsonl') if r.get('event') == 'warning']
+
+
+def test_notebook_05_names_its_parameter_and_resolves_paths_at_the_repository_root(tmp_path):
+    "Run from another folder: relative paths start at the repository root; a bad preset is one short error."
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, '-m', 'papermill', str(root / 'nbs' / '05_train_gol.ipynb'), 'out.ipynb',
+                        '-p', 'preset', 'no_such_preset', '-p', 'output_dir', 'rel_run'], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300, env={**os.environ, 'PYTHONPATH': str(root)})
+    err = p.stderr[p.stderr.find('PapermillExecutionError'):]
+    assert p.returncode != 0 and "ParameterError: parameter 'preset' is 'no_such_preset'" in err, err[-3000:]
+    assert f'relative paths start at {root}' in err and '--config' not in err
+    assert len(err.splitlines()) < 25, err  # the cell's lines, not the library's traceback
+    assert sorted(q.name for q in tmp_path.iterdir()) == ['out.ipynb']  # no rel_run/, no data/ here
