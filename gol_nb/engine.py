@@ -217,6 +217,8 @@ def _expected(hint: Any) -> str:
     if origin is dict: return 'a mapping'
     return _KINDS.get(hint, getattr(hint, '__name__', str(hint)))
 
+_SCIENTIFIC = re.compile(r'^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$')  # 1e8, 2.5E-4
+
 def _check_value(cls_name: str, key: str, value: Any, hint: Any) -> Any:
     "`value` converted to `hint`, or a ValueError naming the key and what it expects in words."
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -247,6 +249,7 @@ def _check_value(cls_name: str, key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int): raise bad()
         return value
     if hint is float:
+        if isinstance(value, str) and _SCIENTIFIC.match(value): return float(value)  # YAML 1.1 reads 1e8 as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)): raise bad()
         return float(value)
     if hint is str:

@@ -476,6 +476,7 @@ def test_type_errors_say_what_was_expected_and_misspellings_the_nearest_key():
         apply_overrides(C(), ['nms_thresh=abc'])
     with pytest.raises(ValueError, match=r"scales: expected a list of integers, got \['a', 'b'\]"):
         apply_overrides(C(), ['scales=[a, b]'])
+    assert apply_overrides(C(), ['nms_thresh=1e-3']).nms_thresh == 1e-3  # YAML 1.1 reads 1e-3 as a string
     with pytest.raises(ValueError) as e: apply_overrides(C(), ['epocs=3'])
     assert str(e.value) == "C: unknown key 'epocs': did you mean 'epochs'?"
     with pytest.raises(ValueError) as e: apply_overrides(C(), ['zzzz=3'])
