@@ -4,8 +4,8 @@
 
 # %% ../nbs/04_engine.ipynb #3dd09ade
 from __future__ import annotations
-import argparse, contextlib, dataclasses, datetime, errno, faulthandler, hashlib, inspect, json, math, os, random, re
-import select, signal, subprocess, sys, tempfile, threading, time, typing, warnings
+import argparse, contextlib, dataclasses, datetime, difflib, errno, faulthandler, fcntl, hashlib, inspect, json, math
+import os, random, re, select, signal, socket, subprocess, sys, tempfile, threading, time, traceback, typing, warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +16,17 @@ import torch.distributed as dist
 import yaml
 
 # %% auto #0
-__all__ = ['RUN_DEVICES', 'RUN_FILES', 'disk_full_error', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
-           'atomic_save', 'remove_orphans', 'CheckpointError', 'NonFiniteError', 'nonfinite_tensors', 'save_checkpoint',
-           'verify_checkpoint', 'load_checkpoint', 'find_checkpoint', 'latest_checkpoint', 'seed_everything',
-           'rng_state', 'set_rng_state', 'apply_overrides', 'config_to_dict', 'save_config', 'load_config',
-           'field_docs', 'RunConfig', 'check_run_config', 'RunSetupError', 'RunFolderError', 'ConfigMismatchError',
-           'run_contents', 'run_status', 'resume_changes', 'RunState', 'prepare_run', 'check_state_shapes', 'scaled_lr',
-           'schedule_lr', 'DistInfo', 'init_distributed', 'is_main_process', 'barrier', 'cleanup_distributed',
-           'DeviceError', 'require_devices', 'RunInterrupted', 'RunGuard', 'RankFailedError', 'launch_torchrun',
-           'launch_run', 'read_jsonl', 'JSONLLogger', 'OneLineParser', 'config_help', 'trainer_parser',
-           'parse_trainer_args', 'run_trainer_cli']
+__all__ = ['RUN_DEVICES', 'RUN_FILES', 'LOCK_ENV', 'disk_full_error', 'atomic_write_bytes', 'atomic_write_text',
+           'atomic_write_json', 'atomic_save', 'remove_orphans', 'CheckpointError', 'NonFiniteError',
+           'nonfinite_tensors', 'save_checkpoint', 'verify_checkpoint', 'load_checkpoint', 'find_checkpoint',
+           'latest_checkpoint', 'seed_everything', 'rng_state', 'set_rng_state', 'apply_overrides', 'config_to_dict',
+           'save_config', 'read_yaml', 'load_config', 'field_docs', 'RunConfig', 'check_run_config', 'RunSetupError',
+           'RunFolderError', 'ConfigMismatchError', 'run_contents', 'run_status', 'resume_changes', 'RunState',
+           'lock_run_folder', 'unlock_run_folder', 'prepare_run', 'check_state_shapes', 'scaled_lr', 'schedule_lr',
+           'DistInfo', 'init_distributed', 'is_main_process', 'barrier', 'cleanup_distributed', 'DeviceError',
+           'require_devices', 'RunInterrupted', 'RunGuard', 'RankFailedError', 'launch_torchrun', 'launch_run',
+           'read_jsonl', 'JSONLLogger', 'OneLineParser', 'config_help', 'trainer_parser', 'parse_trainer_args',
+           'run_trainer_cli']
 
 # %% ../nbs/04_engine.ipynb #bda434c3
 def _current_umask() -> int:
@@ -201,10 +202,27 @@ def set_rng_state(state: dict) -> None:
     if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
 
 # %% ../nbs/04_engine.ipynb #af95fe0f
-def _check_value(cls_name: str, key: str, value: Any, hint: Any) -> Any:
-    "`value` converted to `hint`, or a ValueError naming the key."
+_KINDS = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string', dict: 'a mapping'}
+_PLURAL = {bool: 'true/false values', int: 'integers', float: 'numbers', str: 'strings', dict: 'mappings'}
+
+def _expected(hint: Any) -> str:
+    "What a value of type `hint` looks like, in words ('a number or null', 'a list of integers')."
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    def bad(): return ValueError(f"{cls_name}: {key}={value!r}: expected {getattr(hint, '__name__', str(hint))}")
+    if origin in (typing.Union, getattr(__import__('types'), 'UnionType', None)):
+        words = [_expected(a) for a in args if a is not type(None)]
+        return ' or '.join(words) + (' or null' if type(None) in args else '')
+    if origin in (list, tuple) or hint in (list, tuple):
+        inner = args[0] if args and args[0] is not Ellipsis else None
+        return 'a list' + (f" of {_PLURAL.get(inner, getattr(inner, '__name__', str(inner)))}" if inner else '')
+    if origin is dict: return 'a mapping'
+    return _KINDS.get(hint, getattr(hint, '__name__', str(hint)))
+
+_SCIENTIFIC = re.compile(r'^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$')  # 1e8, 2.5E-4
+
+def _check_value(cls_name: str, key: str, value: Any, hint: Any) -> Any:
+    "`value` converted to `hint`, or a ValueError naming the key and what it expects in words."
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    def bad(): return ValueError(f"{cls_name}: {key}: expected {_expected(hint)}, got {value!r}")
     if hint is Any: return value
     if origin in (typing.Union, getattr(__import__('types'), 'UnionType', None)):
         if value is None and type(None) in args: return None
@@ -215,11 +233,12 @@ def _check_value(cls_name: str, key: str, value: Any, hint: Any) -> Any:
         raise bad()
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)): raise bad()
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value): raise bad()
-            return tuple(_check_value(cls_name, key, v, a) for v, a in zip(value, args))
-        inner = args[0] if args else Any
-        return origin(_check_value(cls_name, key, v, inner) for v in value)
+        try:
+            if origin is tuple and args and args[-1] is not Ellipsis:
+                if len(args) != len(value): raise bad()
+                return tuple(_check_value(cls_name, key, v, a) for v, a in zip(value, args))
+            return origin(_check_value(cls_name, key, v, args[0] if args else Any) for v in value)
+        except ValueError: raise bad() from None  # the message shows the whole list
     if origin is dict:
         if not isinstance(value, dict): raise bad()
         return dict(value)
@@ -230,6 +249,7 @@ def _check_value(cls_name: str, key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int): raise bad()
         return value
     if hint is float:
+        if isinstance(value, str) and _SCIENTIFIC.match(value): return float(value)  # YAML 1.1 reads 1e8 as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)): raise bad()
         return float(value)
     if hint is str:
@@ -237,6 +257,12 @@ def _check_value(cls_name: str, key: str, value: Any, hint: Any) -> Any:
         return value
     if isinstance(hint, type) and not isinstance(value, hint): raise bad()
     return value
+
+def _unknown_key(cls_name: str, key: str, names: list[str]) -> ValueError:
+    "The error for a key the config does not have, with the nearest spelling (difflib) when there is one."
+    near = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if near: return ValueError(f"{cls_name}: unknown key {key!r}: did you mean {near[0]!r}?")
+    return ValueError(f"{cls_name}: unknown key {key!r} (no config key is spelled like it; --help lists them)")
 
 def apply_overrides(cfg: Any,                      # a dataclass instance
                     overrides: Iterable[str] | dict | None # ['lr=0.01', 'steps=[8, 11]'] or {'lr': 0.01}
@@ -255,7 +281,7 @@ def apply_overrides(cfg: Any,                      # a dataclass instance
             except yaml.YAMLError as e: raise ValueError(f"override {o!r}: not a YAML value ({e.problem})") from None
     changes = {}
     for k, v in items:
-        if k not in names: raise ValueError(f"{type(cfg).__name__}: unknown key {k!r}; valid keys: {', '.join(names)}")
+        if k not in names: raise _unknown_key(type(cfg).__name__, k, names)
         changes[k] = _check_value(type(cfg).__name__, k, v, hints[k])
     return dataclasses.replace(cfg, **changes)
 
@@ -277,11 +303,28 @@ def save_config(cfg: Any, path: str | Path,
     head = ''.join(f'# {k}: {v}\n' for k, v in (facts or {}).items())
     return atomic_write_text(path, head + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
+def read_yaml(path: str | Path, what: str = 'YAML file') -> Any:
+    "The data of a YAML file; a missing, binary or malformed file is an error naming it (and the line and column)."
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f"{what} not found: {path}")
+    if path.is_dir(): raise ValueError(f"{path}: a folder, not a {what} (a run folder's is its config.yaml)")
+    try: text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text {what} (byte {e.start} is not UTF-8: a binary file?)") from None
+    try: return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        m = getattr(e, 'problem_mark', None)
+        where = f"line {m.line + 1}, column {m.column + 1}" if m else 'its start'
+        why = ' '.join(str(getattr(e, 'problem', None) or e).split())
+        if "'\\t'" in why: why += ' (YAML indents with spaces, not tabs)'
+        c, cm = getattr(e, 'context', None), getattr(e, 'context_mark', None)
+        if c and cm and 'flow' in c:  # an unclosed [ or {: where it opened
+            why += f" ({c.removeprefix('while parsing ')} opened at line {cm.line + 1}, column {cm.column + 1})"
+        raise ValueError(f"{path}: not valid YAML at {where}: {why}") from None
+
 def load_config(cls: type, path: str | Path, base: Any = None) -> Any:
     "A `cls` config from a YAML file (on top of `base` when given); unknown keys are an error naming the file."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path, 'config file') or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     try: return apply_overrides(base if base is not None else cls(), data)
@@ -320,6 +363,7 @@ class RunConfig:
     FREE_KEYS: ClassVar[tuple] = ('output_dir', 'resume', 'accept_changes', 'device', 'checkpoint_interval',
                                   'checkpoint_minutes', 'keep_checkpoints', 'hang_timeout')
     LOCKED_KEYS: ClassVar[tuple] = ()
+    CHECKPOINT_KEYS: ClassVar[tuple] = ('model', 'optimizer')  # what a checkpoint must hold to be resumed
 
 RUN_DEVICES = ('auto', 'cpu', 'cuda')
 
@@ -410,6 +454,7 @@ class RunState:
                facts: dict | None = None) -> None:
         "Call once the model (and the checkpoint's weights) loaded: writes config.yaml (with `facts`), logs the decision."
         if rank != 0: return
+        lock_run_folder(self.run_dir)  # held since prepare_run when the folder existed; a new one is taken now
         save_config(cfg, self.run_dir/'config.yaml', facts)
         rec = {'event': 'resume' if self.resumed else 'start', 'time': time.strftime('%Y-%m-%d %H:%M:%S'),
                **(facts or {})}
@@ -418,8 +463,58 @@ class RunState:
         if self.removed: rec['removed_temporaries'] = [str(p) for p in self.removed]
         if logger is not None: logger.log(rec)
 
+_RUN_LOCKS: dict[str, int] = {}  # run folder (resolved) -> the open lock file this process holds
+LOCK_ENV = 'GOL_RUN_LOCK'        # set by `launch_run` for its ranks: the folder their launcher holds
+
+def lock_run_folder(run_dir: str | Path, # the run folder
+                    hold: bool = True      # False: only check that no live process holds it (creates nothing)
+                   ) -> None:
+    "Take `run_dir/.lock` (fcntl.flock) for this process; raise RunFolderError naming the holder if another has it."
+    d = Path(run_dir).resolve()
+    if str(d) in _RUN_LOCKS or os.environ.get(LOCK_ENV) == str(d): return  # held here, or by our launcher
+    path = d/'.lock'
+    if not hold and not path.is_file(): return
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: the kernel drops a dead holder's lock, so this one is alive
+        holder = os.pread(fd, 200, 0).decode('utf-8', errors='replace').strip() or 'a process'
+        os.close(fd)
+        raise RunFolderError(f"output_dir {d} is in use by another trainer ({holder}): one run folder takes one "
+                             "trainer at a time; wait for it to end or stop it, or choose another output_dir") from None
+    if not hold: os.close(fd); return
+    os.ftruncate(fd, 0); os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+    _RUN_LOCKS[str(d)] = fd
+
+def unlock_run_folder(run_dir: str | Path | None = None # the folder (None: every folder this process holds)
+                     ) -> None:
+    "Let go of the run-folder lock(s) this process holds (the file stays; a dead process's lock is free anyway)."
+    keys = list(_RUN_LOCKS) if run_dir is None else [str(Path(run_dir).resolve())]
+    for k in keys:
+        fd = _RUN_LOCKS.pop(k, None)
+        if fd is not None: os.close(fd)  # closing the file releases the flock
+
+def _check_resumable(path: Path, ckpt: Any, need: tuple) -> None:
+    "Raise RunFolderError naming `path` when it cannot be resumed: not a dict, keys missing, non-finite weights."
+    if not isinstance(ckpt, dict):
+        raise RunFolderError(f"{path}: not a training checkpoint (a {type(ckpt).__name__}, expected a dict holding "
+                             f"{', '.join(need)}): move it aside to resume from an older one")
+    missing = [k for k in need if k not in ckpt]
+    if missing:
+        raise RunFolderError(f"{path}: cannot resume from it: it lacks {', '.join(repr(k) for k in missing)} (a "
+                             f"checkpoint of this trainer holds {', '.join(need)}): move it aside to resume from an "
+                             "older one")
+    bad = nonfinite_tensors(ckpt['model']) if 'model' in ckpt else []
+    if bad:
+        raise RunFolderError(f"{path}: non-finite weights (NaN/Inf) in {', '.join(bad[:3])}"
+                             f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}: the checkpoint is damaged, not "
+                             "the learning rate; move it aside to resume from an older one")
+
 def _decide(cfg: RunConfig, world_size: int, dry: bool, map_location) -> tuple[RunState, dict | None]:
     d = Path(cfg.output_dir)
+    if d.exists() and not d.is_dir():
+        raise RunFolderError(f"output_dir {d} is a file, not a folder: choose another output_dir (or move the file)")
+    lock_run_folder(d, hold=not dry and d.is_dir())  # a new folder is locked by `RunState.commit`, which creates it
     removed = [] if dry else remove_orphans(d)
     used = run_contents(d, logs=dry)  # a launcher checks before it writes logs/; its ranks must not count them
     if not cfg.resume:
@@ -429,6 +524,7 @@ def _decide(cfg: RunConfig, world_size: int, dry: bool, map_location) -> tuple[R
         return RunState(d, removed=removed), None
     path, ckpt, skipped = find_checkpoint(d, map_location)
     for s in skipped: print(f"{d}: {s}", file=sys.stderr, flush=True)
+    if path is not None: _check_resumable(path, ckpt, cfg.CHECKPOINT_KEYS)
     if path is None:
         if skipped:
             raise RunFolderError(f"resume=true but no checkpoint in {d} can be read ({'; '.join(skipped)}): move the "
@@ -456,8 +552,11 @@ def prepare_run(cfg: RunConfig,           # the run's config (output_dir, resume
     if rank is None: rank = dist.get_rank() if distributed else 0
     ckpt = None
     if rank == 0:
+        held = str(Path(cfg.output_dir).resolve()) in _RUN_LOCKS
         try: decision, ckpt = _decide(cfg, world_size, dry, map_location)
-        except RunSetupError as e: decision = e
+        except RunSetupError as e:
+            decision = e
+            if not held: unlock_run_folder(cfg.output_dir)  # a refused run lets go of the folder it locked
     else: decision = None
     if distributed:
         box = [decision]; dist.broadcast_object_list(box, src=0); decision = box[0]
@@ -571,7 +670,8 @@ def barrier() -> None:
     if dist.is_available() and dist.is_initialized(): dist.barrier()
 
 def cleanup_distributed() -> None:
-    "Leave the process group."
+    "Leave the process group, and let go of the run folder (the run is over)."
+    unlock_run_folder()
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 class DeviceError(RunSetupError):
@@ -630,13 +730,16 @@ class RunGuard:
     "One per training loop: non-finite checks, graceful SIGTERM/SIGINT, checkpoint cadence, heartbeat."
     def __init__(self, cfg: RunConfig | None = None, # checkpoint_interval, checkpoint_minutes
                  info: DistInfo | None = None,        # this process in the run
-                 hint: str = '',                      # advice appended to non-finite errors
-                 signals: bool = True):               # install the SIGTERM/SIGINT handlers
+                 hint: str = '',                      # advice appended to non-finite errors and divergence warnings
+                 signals: bool = True,                # install the SIGTERM/SIGINT handlers
+                 logger: 'JSONLLogger | None' = None, # the run's log: a divergence warning is recorded there too
+                 explode: float = 1e6):               # warn when the loss or gradient norm grows this many times
         self.interval = int(getattr(cfg, 'checkpoint_interval', 0) or 0)
         self.seconds = 60.0 * float(getattr(cfg, 'checkpoint_minutes', 0) or 0)
-        self.info, self.hint, self.signals = info or DistInfo(), hint, signals
+        self.info, self.hint, self.signals, self.logger = info or DistInfo(), hint, signals, logger
         self.signum, self.stop_requested, self._time_due = None, False, False
         self._last_save, self._old, self._hb, self._pending = time.monotonic(), {}, None, None
+        self.iteration, self.explode, self._first, self.warned = 0, explode, {}, None
 
     def __enter__(self):
         if self.signals and threading.current_thread() is threading.main_thread():
@@ -647,10 +750,17 @@ class RunGuard:
             self._hb.write(); self._hb.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, typ, exc, tb):
         for s, h in self._old.items(): signal.signal(s, h)
         self._old = {}
         if self._hb is not None: self._hb.stop(); self._hb = None
+        if exc is not None: unlock_run_folder()  # the run is over
+        if isinstance(exc, ValueError) and 'NaN' in str(exc):  # a loss refused NaN logits: say when, and what to do
+            pending, self._pending = self._pending, None
+            if pending is not None and bool(pending[1]): raise self._weights_error(pending[0]) from None
+            raise NonFiniteError(f"non-finite values at iteration {self.iteration} ({exc}): no checkpoint was written "
+                                 f"after iteration {self.iteration - 1}" + (f"; {self.hint}" if self.hint else '')
+                                 ) from None
         return False
 
     def _on_signal(self, signum, frame):
@@ -664,6 +774,7 @@ class RunGuard:
 
     def beat(self, iteration: int) -> None:
         "Tell the hang watchdog this rank reached `iteration` (call it once the iteration's batch has arrived)."
+        self.iteration = iteration
         if self._hb is not None: self._hb.beat(iteration)
 
     @contextlib.contextmanager
@@ -683,22 +794,24 @@ class RunGuard:
              ) -> None:
         "Raise NonFiniteError if the loss or gradients hold NaN/Inf; agree on stop/checkpoint flags across ranks."
         dev = loss.device
-        bad_grad = torch.zeros((), device=dev)
-        if params is not None and grad_norm is not None: bad_grad = (~torch.isfinite(grad_norm)).float().to(dev)
+        self.iteration = iteration
+        bad_grad, norm = torch.zeros((), device=dev), torch.zeros((), device=dev)
+        if params is not None and grad_norm is not None: norm = grad_norm.detach().float().to(dev)
         elif params is not None:
             grads = [p.grad for p in params if p.grad is not None]
-            if grads:
-                total = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
-                bad_grad = (~torch.isfinite(total)).float().to(dev)
+            if grads: norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False).float().to(dev)
+        if params is not None: bad_grad = (~torch.isfinite(norm)).float()
         due = self.seconds > 0 and self.info.rank == 0 and time.monotonic() - self._last_save >= self.seconds
         w_iter, w_bad = self._pending or (None, torch.zeros((), device=dev))
         self._pending = None
         flag = lambda b: torch.tensor(float(b), device=dev)
         mine = torch.stack([(~torch.isfinite(loss.detach())).any().float(), bad_grad, flag(self.signum is not None),
-                            flag(due), w_bad.float().to(dev)])
+                            flag(due), w_bad.float().to(dev), loss.detach().float().abs().max(), norm])
         flags = mine.clone()
         if self.info.distributed: dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        bad_loss, bad_g, stop, due, bad_w = (v > 0 for v in flags.tolist())
+        *flags, loss_v, norm_v = flags.tolist()  # one read of the device for the flags and the values watched
+        bad_loss, bad_g, stop, due, bad_w = (v > 0 for v in flags)
+        self._watch(iteration, {'loss': loss_v, 'gradient norm (before clipping)': norm_v})
         if self._hb is not None: self._hb.beat(iteration)
         if bad_w: raise self._weights_error(w_iter)
         if bad_loss or bad_g:
@@ -712,6 +825,21 @@ class RunGuard:
                                  + (f"; {self.hint}" if self.hint else ''))
         if stop and self.signum is None: self.signum = signal.SIGTERM  # another rank was signalled
         self.stop_requested, self._time_due = stop, due
+
+    def _watch(self, iteration: int, values: dict) -> None:
+        "Warn once (stderr on rank 0, and the run's log) when a value grew `explode` times over its first one."
+        if self.warned: return
+        for name, v in values.items():
+            if not (math.isfinite(v) and v > 0): continue
+            first = self._first.setdefault(name, v)
+            if v > self.explode * first:
+                self.warned = (f"the {name} exploded: {v:.3g} at iteration {iteration}, {v / first:.3g} x its first "
+                               f"value ({first:.3g}): training is diverging and will not learn (clipping may keep it "
+                               "finite)" + (f"; {self.hint}" if self.hint else ''))
+                if self.info.rank == 0: print(f"warning: {self.warned}", file=sys.stderr, flush=True)
+                if self.logger is not None:
+                    self.logger.log({'event': 'warning', 'iteration': iteration, 'message': self.warned})
+                return
 
     def stepped(self, iteration: int, params: Iterable[torch.nn.Parameter]) -> None:
         "After `optimizer.step()`: note whether the weights are finite (read with the next check, or by `verify`)."
@@ -740,7 +868,14 @@ class RunGuard:
 
 # %% ../nbs/04_engine.ipynb #c97d0b9f
 class RankFailedError(RuntimeError):
-    "A torchrun rank failed or hung; the message quotes its own output."
+    "A torchrun rank failed or hung; the message quotes its own output, `summary` says it in one line."
+    def __init__(self, message: str, summary: str | None = None):
+        super().__init__(message); self.summary = summary or message.splitlines()[0]
+
+def _error_line(tb: str) -> str:
+    "The last line of a traceback (the exception and its message), without the exception's module path."
+    lines = [l for l in tb.strip().splitlines() if l.strip() and not l.startswith(' ')]
+    return re.sub(r'^(?:[A-Za-z_]\w*\.)+(?=\w+(?::|$))', '', lines[-1].strip()) if lines else ''
 
 _NOISE = ('terminate called', 'Fatal Python error', 'Thread 0x', 'Current thread 0x', 'Extension modules:')
 
@@ -878,10 +1013,10 @@ def launch_torchrun(module: str,            # module with a `main`, run as `pyth
                           + (dump[-6000:] or '(no stack dumped)'))
         who = ', '.join(f'rank {r}' for r in culprits)
         others = {r: i for r, i in its.items() if r not in culprits}
-        raise RankFailedError(f"torchrun {module}: {who} made no progress for {hang_timeout:g} s"
-                              + (f" (other ranks reached iteration {max(others.values())})" if others else '')
-                              + "; the run was stopped (raise hang_timeout if such a step is legitimately slow).\n"
-                              + '\n'.join(quoted))
+        head = (f"torchrun {module}: {who} made no progress for {hang_timeout:g} s"
+                + (f" (other ranks reached iteration {max(others.values())})" if others else '')
+                + "; the run was stopped (raise hang_timeout if such a step is legitimately slow)")
+        raise RankFailedError(head + '.\n' + '\n'.join(quoted), f"{head}; its stack: {logs}/rank*.log")
     if code == 0: return
     out = ''.join(last)
     m = re.search(r'Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)', out, re.S)
@@ -900,7 +1035,9 @@ def launch_torchrun(module: str,            # module with a `main`, run as `pyth
             if rcode < 0:
                 tb += f"\n(killed by signal {signal.Signals(-rcode).name}{': out of memory?' if rcode == -9 else ''})"
         raise RankFailedError(f"torchrun {module} ({nproc} processes) failed: rank {rank} exited with code {rcode}; "
-                              f"its traceback (from {rank_logs[rank]}):\n{tb}\nEvery rank's output: {logs}/rank*.log")
+                              f"its traceback (from {rank_logs[rank]}):\n{tb}\nEvery rank's output: {logs}/rank*.log",
+                              f"rank {rank} of {nproc} failed: {_error_line(tb) or f'exit code {rcode}'} "
+                              f"(its traceback: {rank_logs[rank]})")
     raise RankFailedError(f"torchrun {module} ({nproc} processes) failed with exit code {code}; last output:\n{out}")
 
 # %% ../nbs/04_engine.ipynb #8c8b45fa
@@ -911,11 +1048,17 @@ def launch_run(cfg: RunConfig,           # the run's config (any trainer's)
                env: dict | None = None,  # extra environment of the ranks
               ) -> dict:
     "Run a trainer on `cfg` under torchrun (config saved as `launch_config.yaml` in the run folder); return its result."
-    out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
-    path = out / 'launch_config.yaml'
-    save_config(cfg, path)
-    launch_torchrun(module, ['--config', str(path)], nproc, env=env, run_dir=out, hang_timeout=cfg.hang_timeout)
-    return json.loads((out / result).read_text())
+    out = Path(cfg.output_dir)
+    held = str(out.resolve()) in _RUN_LOCKS
+    lock_run_folder(out)  # this process holds the folder for its ranks, for the run's life
+    try:
+        path = out / 'launch_config.yaml'
+        save_config(cfg, path)
+        launch_torchrun(module, ['--config', str(path)], nproc, env={**(env or {}), LOCK_ENV: str(out.resolve())},
+                        run_dir=out, hang_timeout=cfg.hang_timeout)
+        return json.loads((out / result).read_text())
+    finally:
+        if not held: unlock_run_folder(out)
 
 # %% ../nbs/04_engine.ipynb #11e7f9bf
 def read_jsonl(path: str | Path # a JSON-lines file
@@ -985,6 +1128,7 @@ def trainer_parser(prog: str,         # 'gol-train' or 'gol-train-cls'
     p.add_argument('--gpus', type=int, default=None, metavar='N',
                    help='train on N GPUs (like --nproc N, but fails at once unless N GPUs are visible)')
     p.add_argument('--list-presets', action='store_true', help='list the presets, one line each, and exit')
+    p.add_argument('--debug', action='store_true', help='on an error, show the traceback (default: one line)')
     p.add_argument('overrides', nargs='*', metavar='key=value', help='config overrides, e.g. epochs=2 output_dir=runs/x')
     return p
 
@@ -994,7 +1138,7 @@ def parse_trainer_args(p: OneLineParser,  # from `trainer_parser`
                        presets: dict[str, str], # preset name -> one-line description
                       ) -> tuple[Any, argparse.Namespace]:
     "(config, args); `--list-presets` prints and exits; a bad config is a one-line error."
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # key=value overrides may come before and after the flags
     if a.list_presets:
         w = max(map(len, presets), default=0)
         print('\n'.join(f'{n:<{w}}  {d}' for n, d in presets.items())); p.exit(0)
@@ -1003,20 +1147,33 @@ def parse_trainer_args(p: OneLineParser,  # from `trainer_parser`
         a.nproc = a.gpus
     if a.nproc < 1: p.error(f'--nproc: expected >= 1, got {a.nproc}')
     try: cfg = build(a.config, list(a.overrides))
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as e: p.error(e)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        if a.debug: raise
+        p.error(e)
     return cfg, a
+
+def _one_line(e: BaseException) -> str:
+    "An error as one line: a failed rank's summary, else the message with its line breaks folded."
+    text = getattr(e, 'summary', None) or ' '.join(str(e).split())
+    return text if isinstance(e, (RunSetupError, NonFiniteError, RankFailedError, ValueError, OSError)) \
+        else f"{type(e).__name__}: {text}"
 
 def run_trainer_cli(p: OneLineParser, a: argparse.Namespace, cfg: Any,
                     preflight: Callable[[Any, int], Any], # checks run in the launching process (raise = user error)
                     run: Callable[[Any, int], Any],       # trains: (cfg, nproc) -> result
                    ) -> Any:
-    "Device and pre-launch checks (one-line errors), then train; a stop on a signal exits with 128 + signal."
+    "Device and pre-launch checks (one-line errors), then train; any error is one line (`--debug`: the traceback)."
+    debug = getattr(a, 'debug', False)
     if 'LOCAL_RANK' not in os.environ:  # the launching process (ranks under torchrun skip what it checked)
         try:
             require_devices(a.nproc, cfg.device, gpus=a.gpus is not None)
             preflight(cfg, a.nproc)
-        except (RunSetupError, ValueError, OSError) as e: p.error(e)  # unreadable files too: nothing has started
+        except (RunSetupError, ValueError, OSError) as e:  # unreadable files too: nothing has started
+            if debug: raise
+            p.error(e)
     try: return run(cfg, a.nproc)
     except RunInterrupted as e: print(f"{p.prog}: {e}", file=sys.stderr, flush=True); sys.exit(e.exit_code)
-    except (NonFiniteError, RankFailedError, RunSetupError) as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr, flush=True); sys.exit(1)
+    except Exception as e:
+        if debug or 'LOCAL_RANK' in os.environ: raise  # a rank's traceback goes to its log, for the launcher to quote
+        print(f"{p.prog}: error: {_one_line(e)} (--debug shows the traceback)", file=sys.stderr, flush=True)
+        sys.exit(1)

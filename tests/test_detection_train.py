@@ -70,6 +70,7 @@ def test_ddp_two_processes_gloo(data_root, tmp_path):
     assert load_checkpoint(latest_checkpoint(tmp_path / 'ddp'))['iteration'] == 2
     assert len(load_checkpoint(latest_checkpoint(tmp_path / 'ddp'))['rng']) == 2  # one RNG state per rank
     for r in (0, 1): assert (tmp_path / 'ddp' / 'logs' / f'rank{r}.log').stat().st_size > 0  # one log file a rank
+    for r in (0, 1): assert 'find_unused_parameters' not in (tmp_path / 'ddp' / 'logs' / f'rank{r}.log').read_text()
     lr = [e for e in read_jsonl(tmp_path / 'ddp' / 'log.jsonl') if e.get('event') == 'lr_scaling'][0]
     assert lr['total_batch'] == 4 and 'lr 0.01 = base_lr 0.01 x total batch 4 / base_batch 4' in lr['why'] \
         or 'the total batch 4 is the base_batch' in lr['why'], lr
@@ -333,3 +334,116 @@ def test_typos_caught_before_anything_is_written(tmp_path, capsys):
         err = capsys.readouterr().err
         assert e.value.code == 2 and typo.split('=')[0] in err and err.count('\n') == 1, err
     assert not (tmp_path / 'run').exists()
+
+
+# --- rough edges (issue 21) --------------------------------------------------------------------------------------
+def test_every_trainable_parameter_gets_a_gradient_so_ddp_need_not_search(data_root, tmp_path):
+    "DDP runs with find_unused_parameters=False: that is right only if no trainable parameter is ever left out."
+    from gol_nb.data import resolve_data, LVISDetection, detection_collate
+    for loss in ('gol', 'softmax', 'gumbel', 'federated'):
+        cfg = cfg_for(tmp_path / 'x', f'loss={loss}')
+        paths = resolve_data(cfg); train_lvis, _ = T.load_data(paths)
+        ds = LVISDetection(train_lvis, paths['train_images'], train=True, scales=(64,), max_size=64)
+        model = T.detector_from_config(cfg, ds.class_statistics()).train()
+        imgs, tgts = detection_collate([ds[0], ds[1]])
+        for empty in (False, True):  # images with objects, and images without any
+            if empty: tgts = [{k: (v[:0] if k in ('boxes', 'labels', 'masks') else v) for k, v in t.items()} for t in tgts]
+            model.zero_grad(set_to_none=True); sum(model(imgs, tgts).values()).backward()
+            unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+            assert not unused, (loss, empty, unused)
+
+
+def test_cli_without_config_uses_the_defaults_and_output_dir_file_is_a_sentence(tmp_path, capsys):
+    f = tmp_path / 'a_file'; f.write_text('x')
+    with pytest.raises(SystemExit) as e: main([*TINY, 'train_ann=/no/t.json', 'train_images=/tmp', 'val_ann=/no/v.json',
+                                               'val_images=/tmp', f'output_dir={f}'])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1, err
+    assert "'train_ann': /no/t.json does not exist" in err and 'NoneType' not in err  # the defaults were built
+    assert T.get_config(None, TINY).backbone == DetConfig().backbone
+    with pytest.raises(RunFolderError, match=f'output_dir {f} is a file, not a folder'):
+        T.check_run(T.get_config(None, [*TINY, f'output_dir={f}']))
+
+
+@pytest.mark.parametrize('text,says', [
+    ('epochs: [1, 2\nseed: 1\n', 'not valid YAML at line 2, column 5'),
+    ('epochs: 1\n\tseed: 1\n', 'not valid YAML at line 2, column 1'),
+    (b'\x89PNG\r\n\x1a\n\x00\x00\xff', 'not a text config file'),
+])
+@pytest.mark.parametrize('cli', ['gol-train', 'gol-train-cls'])
+def test_both_clis_name_a_malformed_yaml_file_line_and_column(tmp_path, capsys, text, says, cli):
+    from gol_nb.classification.train import main as cls_main
+    f = tmp_path / 'mine.yaml'; f.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(SystemExit) as e: (main if cli == 'gol-train' else cls_main)(['--config', str(f)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1 and err.startswith(f'{cli}: error: {f}: {says}'), err
+
+
+def test_unknown_loss_kwargs_refused_before_any_process_starts(tmp_path, capsys):
+    for argv in ([], ['--nproc', '2', 'device=cpu']):
+        with pytest.raises(SystemExit) as e:
+            main(['--config', 'demo_cpu', 'loss=gumbel', 'loss_kwargs={foo: 1}', f'output_dir={tmp_path / "r"}', *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "'loss_kwargs': 'foo' not accepted by loss='gumbel' (GumbelBCE)" in err, err
+        assert 'it takes clamp, mu, beta' in err
+    assert not (tmp_path / 'r').exists()
+
+
+@pytest.mark.parametrize('bad,says', [('momentum=5.0', "'momentum': expected a number in [0, 1)"),
+                                      ('weight_decay=.inf', "'weight_decay': expected a finite number >= 0"),
+                                      ('score_thresh=2.0', "'score_thresh': expected a number in [0, 1]"),
+                                      ('nms_thresh=abc', "nms_thresh: expected a number or null, got 'abc'"),
+                                      ('train_scales=[a, b]', "'train_scales'"),
+                                      ('epocs=3', "unknown key 'epocs': did you mean 'epochs'?")])
+def test_config_values_refused_with_the_valid_range(capsys, bad, says):
+    with pytest.raises(SystemExit) as e: main(['--config', 'demo_cpu', bad])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err and err.count('\n') == 1, err
+    assert 'hang_timeout' not in err  # not a list of every key
+
+
+def test_offline_weights_are_one_line(data_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'empty_hub'))
+    def offline(*a, **k): raise OSError('[Errno 101] Network is unreachable')
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', offline)
+    with pytest.raises(SystemExit) as e:
+        main(['--config', 'demo_cpu', *TINY, 'pretrained=IMAGENET1K_V1', f'output_dir={tmp_path / "run"}'])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count('\n') == 1 and 'Traceback' not in err, err
+    assert err.startswith("gol-train: error: pretrained='IMAGENET1K_V1': could not get torchvision's resnet18")
+    assert 'Network is unreachable' in err and 'pretrained=none' in err
+
+
+def test_engine_mmdet_without_mmdetection_says_how_to_install(monkeypatch):
+    for m in ('mmdet', 'mmcv', 'mmengine'): monkeypatch.setitem(sys.modules, m, None)  # as if not installed
+    monkeypatch.delitem(sys.modules, 'gol_nb.mmdet_runner', raising=False)
+    with pytest.raises(SystemExit) as e: main(['--engine', 'mmdet', '--config', 'gol_cascade_r50'])
+    assert e.value.code == ('gol-train: error: the mmdetection engine is not installed: run `make mmdet` '
+                            '(builds mmcv once, 10-45 min on 2 cores)')
+    code = ("import sys; sys.modules.update(mmdet=None, mmcv=None, mmengine=None); "
+            "import gol_nb, gol_nb.engine, gol_nb.params, gol_nb.detection, gol_nb.detection.train, gol_nb.studies, "
+            "gol_nb.classification.train")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-1500:]  # everything but the mmdetection engine imports without it
+
+
+def test_a_diverging_run_warns_once_naming_base_lr_and_grad_clip(data_root, tmp_path, capsys):
+    out = tmp_path / 'run'
+    try: train(cfg_for(out, 'loss=softmax', 'base_lr=10000', 'grad_clip=10', 'epochs=2', 'max_iters=6'))
+    except NonFiniteError: pass  # it may also go NaN: the warning came first
+    err = capsys.readouterr().err
+    assert err.count('exploded') == 1 and 'base_lr (now 10000)' in err and 'grad_clip (now 10)' in err, err[-2000:]
+    assert [r for r in read_jsonl(out / 'log.jsonl') if r.get('event') == 'warning']
+
+
+def test_notebook_05_names_its_parameter_and_resolves_paths_at_the_repository_root(tmp_path):
+    "Run from another folder: relative paths start at the repository root; a bad preset is one short error."
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, '-m', 'papermill', str(root / 'nbs' / '05_train_gol.ipynb'), 'out.ipynb',
+                        '-p', 'preset', 'no_such_preset', '-p', 'output_dir', 'rel_run'], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300, env={**os.environ, 'PYTHONPATH': str(root)})
+    err = p.stderr[p.stderr.find('PapermillExecutionError'):]
+    assert p.returncode != 0 and "ParameterError: parameter 'preset' is 'no_such_preset'" in err, err[-3000:]
+    assert f'relative paths start at {root}' in err and '--config' not in err
+    assert len(err.splitlines()) < 25, err  # the cell's lines, not the library's traceback
+    assert sorted(q.name for q in tmp_path.iterdir()) == ['out.ipynb']  # no rel_run/, no data/ here

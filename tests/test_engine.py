@@ -26,7 +26,15 @@ class Cfg(RunConfig):
 
 def _ckpt(run, cfg, tag='iter_1', world=1, w=None):
     w = torch.ones(3) if w is None else w
-    return save_checkpoint(run, {'model': {'w': w}, 'config': config_to_dict(cfg), 'world_size': world}, tag)
+    return save_checkpoint(run, {'model': {'w': w}, 'optimizer': {}, 'config': config_to_dict(cfg), 'world_size': world},
+                           tag)
+
+
+@pytest.fixture(autouse=True)
+def _let_go_of_run_folders():
+    "Each test's run folders are let go at its end (a trainer does it in cleanup_distributed)."
+    yield
+    E.unlock_run_folder()
 
 
 # --- atomic files ----------------------------------------------------------------------------------------------
@@ -391,3 +399,128 @@ def test_rank_logs_of_an_earlier_launch_count_in_the_launchers_check(tmp_path):
     with pytest.raises(RunFolderError, match=r'already holds a run \(logs\)'): prepare_run(cfg, dry=True)
     assert not prepare_run(cfg).resumed  # the ranks of this launch, after the launcher wrote logs/
     assert not prepare_run(dataclasses.replace(cfg, resume=True), dry=True).resumed
+
+
+# --- rough edges (issue 21) --------------------------------------------------------------------------------------
+@pytest.mark.parametrize('ckpt,says', [
+    ({'model': {'w': torch.ones(3)}, 'config': {}}, "lacks 'optimizer'"),
+    ([torch.ones(3)], 'not a training checkpoint (a list'),
+    ({'model': {'w': torch.tensor([1., float('nan'), 1.])}, 'optimizer': {}}, 'non-finite weights (NaN/Inf) in w'),
+])
+def test_resume_refuses_a_checkpoint_it_cannot_use_naming_the_file(tmp_path, ckpt, says):
+    cfg = Cfg(output_dir=str(tmp_path / 'run'), resume=True)
+    (tmp_path / 'run' / 'checkpoints').mkdir(parents=True)
+    torch.save(ckpt, tmp_path / 'run' / 'checkpoints' / 'iter_7.pth')  # copied in by hand: no .sha256
+    for dry in (True, False):
+        with pytest.raises(RunFolderError) as e: prepare_run(cfg, dry=dry)
+        assert says in str(e.value) and str(tmp_path / 'run' / 'checkpoints' / 'iter_7.pth') in str(e.value)
+        assert 'base_lr' not in str(e.value)
+
+
+def test_output_dir_that_is_a_file_is_a_sentence(tmp_path):
+    (tmp_path / 'f').write_text('x')
+    for resume in (False, True):
+        with pytest.raises(RunFolderError, match='output_dir .*/f is a file, not a folder'):
+            prepare_run(Cfg(output_dir=str(tmp_path / 'f'), resume=resume))
+
+
+_HOLDER = """
+import sys, time
+from gol_nb.engine import RunConfig, prepare_run
+cfg = RunConfig(output_dir=sys.argv[1], resume=True)
+st = prepare_run(cfg); st.commit(cfg)
+print('holding', flush=True); time.sleep(120)
+"""
+
+
+def test_one_trainer_per_run_folder_and_a_dead_holders_lock_does_not_block(tmp_path):
+    run = tmp_path / 'run'; cfg = Cfg(output_dir=str(run))
+    _ckpt(run, cfg)
+    holder = subprocess.Popen([sys.executable, '-c', _HOLDER, str(run)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, 'PYTHONPATH': str(Path(__file__).resolve().parents[1])})
+    try:
+        assert 'holding' in [holder.stdout.readline().strip() for _ in range(2)]  # after 'resuming ...'
+        for dry in (True, False):  # the launcher's check and the trainer both stop at once
+            with pytest.raises(RunFolderError) as e: prepare_run(dataclasses.replace(cfg, resume=True), dry=dry)
+            assert f'output_dir {run.resolve()} is in use by another trainer (pid {holder.pid} on host ' in str(e.value)
+        with pytest.raises(RunFolderError, match='in use by another trainer'):
+            E.launch_run(dataclasses.replace(cfg, resume=True), 'gol_nb.no_such_module', 2)
+    finally:
+        holder.kill(); holder.wait()
+    st = prepare_run(dataclasses.replace(cfg, resume=True))  # the holder died: its lock is gone with it
+    assert st.resumed and f'pid {os.getpid()} ' in (run / '.lock').read_text()
+    E.unlock_run_folder(run)
+
+
+@pytest.mark.parametrize('text,says', [
+    ('lr: [0.1, 0.2\nseed: 1\n', 'not valid YAML at line 2, column 5'),
+    ('lr: 0.1\n\tseed: 1\n', 'not valid YAML at line 2, column 1'),
+    (b'\x80\x81PK\x03\x04binary', 'not a text config file'),
+])
+def test_malformed_yaml_names_file_line_and_column(tmp_path, text, says):
+    f = tmp_path / 'my config.yaml'
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError) as e: E.load_config(Cfg, f)
+    assert str(e.value).startswith(f'{f}: ') and says in str(e.value)
+    if b'[' in f.read_bytes(): assert 'flow sequence opened at line 1, column 5' in str(e.value)
+    if b'\t' in f.read_bytes(): assert 'spaces, not tabs' in str(e.value)
+
+
+def test_type_errors_say_what_was_expected_and_misspellings_the_nearest_key():
+    @dataclass
+    class C(RunConfig):
+        epochs: int = 2             # epochs
+        nms_thresh: float | None = None  # NMS IoU
+        scales: list[int] = dataclasses.field(default_factory=list)  # sizes
+    with pytest.raises(ValueError, match="nms_thresh: expected a number or null, got 'abc'"):
+        apply_overrides(C(), ['nms_thresh=abc'])
+    with pytest.raises(ValueError, match=r"scales: expected a list of integers, got \['a', 'b'\]"):
+        apply_overrides(C(), ['scales=[a, b]'])
+    assert apply_overrides(C(), ['nms_thresh=1e-3']).nms_thresh == 1e-3  # YAML 1.1 reads 1e-3 as a string
+    with pytest.raises(ValueError) as e: apply_overrides(C(), ['epocs=3'])
+    assert str(e.value) == "C: unknown key 'epocs': did you mean 'epochs'?"
+    with pytest.raises(ValueError) as e: apply_overrides(C(), ['zzzz=3'])
+    assert "unknown key 'zzzz'" in str(e.value) and 'output_dir' not in str(e.value)  # no list of every key
+
+
+def test_guard_warns_once_when_the_loss_or_gradient_explodes(capsys, tmp_path):
+    w = torch.nn.Parameter(torch.ones(2)); lg = JSONLLogger(tmp_path / 'log.jsonl')
+    with RunGuard(None, hint='lower base_lr (now 10000) or set grad_clip (now 10)', signals=False, logger=lg) as g:
+        for it, scale in enumerate([1.0, 30.0, 2e7, 3e7], 1):
+            w.grad = None; loss = (w * scale).sum(); loss.backward()
+            g.check(it, loss, None, [w], torch.nn.utils.clip_grad_norm_([w], 10.0))  # the pre-clip norm
+    err = capsys.readouterr().err
+    assert err.count('warning: ') == 1 and 'exploded' in err and 'at iteration 3' in err
+    assert 'base_lr (now 10000)' in err and 'grad_clip (now 10)' in err
+    assert [r['iteration'] for r in lg.read() if r.get('event') == 'warning'] == [3]
+    with RunGuard(None, signals=False) as g:  # an ordinary run: no warning
+        for it, v in enumerate([5.0, 2.0, 8.0, 0.5], 1): g.check(it, torch.tensor(v))
+    assert g.warned is None and 'warning' not in capsys.readouterr().err
+
+
+def test_a_loss_refusing_nan_logits_becomes_an_error_with_iteration_and_hint():
+    w = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(NonFiniteError) as e:
+        with RunGuard(None, hint='lower lr (now 1e+08)', signals=False) as g:
+            g.beat(3); loss = w.sum(); loss.backward(); g.check(3, loss, None, [w])
+            with torch.no_grad(): w.mul_(float('inf'))  # the step of iteration 3 (lr 1e8) blew the weights up
+            g.stepped(3, [w]); g.beat(4)
+            raise ValueError('SoftmaxCE: logits contain NaN')  # what the loss says on iteration 4
+    assert 'non-finite weights after the optimizer step of iteration 3' in str(e.value)
+    assert 'lower lr (now 1e+08)' in str(e.value)
+
+
+def test_cli_runtime_errors_are_one_line_and_debug_shows_the_traceback(capsys):
+    p = trainer_parser('demo', 'demo', Cfg)
+    def run(cfg, n): raise RuntimeError("pretrained='IMAGENET1K_V1': could not get the weights.\nOffline?")
+    a = p.parse_args([])
+    with pytest.raises(SystemExit) as e: E.run_trainer_cli(p, a, Cfg(device='cpu'), lambda c, n: None, run)
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count('\n') == 1 and err.startswith("demo: error: RuntimeError: pretrained=")
+    with pytest.raises(RuntimeError, match='Offline'):
+        E.run_trainer_cli(p, p.parse_args(['--debug']), Cfg(device='cpu'), lambda c, n: None, run)
+    summary = E.RankFailedError('long\ntraceback', 'rank 1 of 2 failed: NonFiniteError: x (its traceback: r1.log)')
+    def fails(cfg, n): raise summary
+    with pytest.raises(SystemExit): E.run_trainer_cli(p, a, Cfg(device='cpu'), lambda c, n: None, fails)
+    assert capsys.readouterr().err == ('demo: error: rank 1 of 2 failed: NonFiniteError: x (its traceback: r1.log) '
+                                       '(--debug shows the traceback)\n')

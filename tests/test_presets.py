@@ -157,3 +157,34 @@ def test_demo_runs_gol_with_a_non_empty_rare_mask(tmp_path):
     assert loss.rare.tolist() == [n <= 10 for n in stats.image_counts]         # LVIS's rare rule
     with pytest.warns(UserWarning, match='marks no class'):                     # LVIS's lambda would not
         build_loss('gol', len(stats.category_ids), **loss_kwargs_for(get_config('demo_cpu', ['lambda_=0.0011']), stats))
+
+
+# --- the demo preset's README figures (tools/readme_results.py) ----------------------------------------------------
+def _demo_run(run, cpu, wall, cpu_s, ap, apb):
+    import json
+    run.mkdir(parents=True)
+    (run / 'metrics.json').write_text(json.dumps({'AP': ap, 'APr': .3, 'APc': .4, 'APf': .5, 'APb': apb,
+                                                 'bbox_APr': .3, 'bbox_APc': .4, 'bbox_APf': .5, 'iterations': 360}))
+    (run / 'config.yaml').write_text("# backbone_weights: none\npreset: demo_cpu\nloss: gol\nbackbone: resnet18\n"
+                                     "epochs: 6\nbatch_size: 4\ntrain_ann: ''\nsynth_num_train: 240\nsynth_num_val: 40\n")
+    (run / 'per_class_ap.csv').write_text('category_id,frequency\n1,r\n2,c\n3,f\n')
+    (run / 'run_info.json').write_text(json.dumps({'wall_s': wall, 'cpu_s': cpu_s, 'cpu_count': 2, 'cpu_model': cpu,
+                                                   'torch_threads': 2, 'device': f'a 2-core CPU ({cpu})',
+                                                   'load_average': 1.0}))
+
+
+def test_readme_demo_block_states_machine_wall_and_cpu_time_and_spread(tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools'))
+    try: import readme_results
+    finally: sys.path.pop(0)
+    amd, intel = tmp_path / 'amd', tmp_path / 'intel'
+    _demo_run(amd, 'AMD EPYC 7B13', 120.0, 780.0, .399, .423)
+    _demo_run(intel, 'Intel Xeon Platinum 8375C', 150.0, 800.0, .398, .481)
+    one = readme_results.results_block(amd)
+    assert 'It took 2.0 min of wall time and 13.0 min of CPU time on a 2-core CPU (AMD EPYC 7B13), 2 torch threads.' in one
+    assert 'Another CPU model or thread count gives other figures' in one
+    both = readme_results.results_block(amd, [intel])
+    assert 'Over 2 demo runs on 2 machine class(es) (AMD EPYC 7B13; Intel Xeon Platinum 8375C)' in both
+    assert 'mask AP 39.8-39.9' in both and 'box AP 42.3-48.1' in both and 'wall time 2.0-2.5 min' in both

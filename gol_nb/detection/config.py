@@ -4,9 +4,11 @@
 
 # %% ../../nbs/04b_detection.config.ipynb #6a304c24
 from __future__ import annotations
-import os
+import inspect, math, os
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from functools import partial
+from typing import Callable, ClassVar, Optional
+import torch
 from ..engine import apply_overrides, load_config, RunConfig, check_run_config
 from ..data.synthetic import DataSource
 from ..losses import LOSSES, CLASS_STATS_LOSSES, GUMBEL_LOSSES, OFFICIAL_LOSSES, GUMBEL_MODES
@@ -87,6 +89,7 @@ class DetConfig(DataSource, RunConfig):
     LOCKED_KEYS: ClassVar[tuple] = ('loss', 'loss_mode', 'lambda_', 'background_channel', 'loss_kwargs', 'backbone',
                                     'pretrained', 'trainable_layers', 'norm', 'fpn_channels', 'box_head_dim',
                                     'mask_head_dim', 'cosine_mask', 'synth_num_classes')
+    CHECKPOINT_KEYS: ClassVar[tuple] = ('model', 'optimizer', 'scaler', 'epoch', 'iter_in_epoch', 'iteration', 'rng')
 
     def __post_init__(self): validate_config(self)
 
@@ -98,9 +101,61 @@ _POSITIVE = ('synth_num_train', 'synth_num_val', 'synth_num_classes', 'synth_ima
              'box_head_dim', 'mask_head_dim', 'rois_per_image', 'rpn_post_nms_train', 'rpn_post_nms_test', 'test_size',
              'detections_per_img', 'epochs', 'batch_size', 'base_lr', 'base_batch', 'log_interval')
 _NON_NEGATIVE = ('num_workers', 'max_val_images', 'warmup_iters', 'max_iters', 'stop_after', 'eval_interval',
-                 'checkpoint_interval', 'grad_clip', 'momentum', 'weight_decay', 'score_thresh')
+                 'checkpoint_interval', 'grad_clip', 'weight_decay')
+_UNIT = ('flip_prob', 'mask_thresh', 'warmup_ratio', 'score_thresh')  # in [0, 1]
 _LOSS_FIELDS = {'mode': 'loss_mode', 'lambda_': 'lambda_', 'background_channel': 'background_channel',
                 'fused': 'fused_loss', 'image_counts': None, 'num_images': None, 'num_classes': None}
+
+def _loss_keywords(loss: str # a key of LOSSES
+                  ) -> list[str] | None:
+    "The keyword arguments the loss's class accepts (its `__init__` and those it passes **kwargs on to); None: any."
+    f, fixed = LOSSES[loss], set()
+    if isinstance(f, partial): f, fixed = f.func, set(f.keywords)
+    keys = []
+    for klass in f.__mro__:
+        if klass is torch.nn.Module: return [k for k in keys if k not in fixed and k != 'num_classes']
+        init = klass.__dict__.get('__init__')
+        if init is None: continue
+        ps = inspect.signature(init).parameters.values()
+        keys += [p.name for p in ps if p.name != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                 and p.name not in keys]
+        if not any(p.kind == p.VAR_KEYWORD for p in ps): return [k for k in keys if k not in fixed and k != 'num_classes']
+    return None
+
+def _check_loss_kwargs(cfg: DetConfig, bad: Callable) -> None:
+    "loss_kwargs: a mapping of keywords the loss accepts that no config field sets."
+    if not isinstance(cfg.loss_kwargs, dict): bad('loss_kwargs', 'expected a mapping')
+    for k in cfg.loss_kwargs:
+        if k in _LOSS_FIELDS:
+            where = f"set the config field '{_LOSS_FIELDS[k]}'" if _LOSS_FIELDS[k] else 'it comes from the training set'
+            bad('loss_kwargs', f"key {k!r} is not a loss_kwargs key: {where}")
+    accepted = _loss_keywords(cfg.loss)
+    unknown = [k for k in cfg.loss_kwargs if accepted is not None and k not in accepted]
+    if unknown:
+        ok = [k for k in accepted if k not in _LOSS_FIELDS]
+        cls_name = getattr(LOSSES[cfg.loss], 'func', LOSSES[cfg.loss]).__name__
+        bad('loss_kwargs', f"{', '.join(map(repr, unknown))} not accepted by loss={cfg.loss!r} ({cls_name}); "
+                           f"it takes {', '.join(ok) or 'no keywords'}")
+
+def _check_numbers(cfg: DetConfig, bad: Callable) -> None:
+    "Counts and rates: positive, non-negative, finite, in [0, 1] where they are probabilities or scores."
+    finite = lambda v: isinstance(v, int) or math.isfinite(v)
+    for k in _POSITIVE:
+        if not (getattr(cfg, k) > 0 and finite(getattr(cfg, k))): bad(k, 'expected a finite number > 0')
+    for k in _NON_NEGATIVE:
+        if not (getattr(cfg, k) >= 0 and finite(getattr(cfg, k))): bad(k, 'expected a finite number >= 0')
+    for k in _UNIT:
+        if not 0 <= getattr(cfg, k) <= 1: bad(k, 'expected a number in [0, 1]')
+    if not 0 <= cfg.momentum < 1: bad('momentum', 'expected a number in [0, 1) (SGD momentum)')
+    if cfg.nms_thresh is not None and not 0 < cfg.nms_thresh <= 1:
+        bad('nms_thresh', 'expected null or a number in (0, 1]')
+    if not 0 <= cfg.trainable_layers <= 5: bad('trainable_layers', 'expected 0..5')
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    scales = cfg.train_scales
+    if not (isinstance(scales, (list, tuple)) and scales and all(is_int(s) and s > 0 for s in scales)):
+        bad('train_scales', 'expected a non-empty list of positive short sides (integers)')
+    if not (isinstance(cfg.steps, (list, tuple)) and all(is_int(s) and s > 0 for s in cfg.steps)):
+        bad('steps', 'expected a list of positive epochs (integers)')
 
 def validate_config(cfg: DetConfig # the config to check
                    ) -> DetConfig:
@@ -109,20 +164,7 @@ def validate_config(cfg: DetConfig # the config to check
     check_run_config(cfg)
     for k, opts in _CHOICES.items():
         if getattr(cfg, k) not in opts: bad(k, f"expected one of {', '.join(opts)}")
-    for k in _POSITIVE:
-        if not getattr(cfg, k) > 0: bad(k, 'expected > 0')
-    for k in _NON_NEGATIVE:
-        if not getattr(cfg, k) >= 0: bad(k, 'expected >= 0')
-    for k in ('flip_prob', 'mask_thresh', 'warmup_ratio'):
-        if not 0 <= getattr(cfg, k) <= 1: bad(k, 'expected a number in [0, 1]')
-    if cfg.nms_thresh is not None and not 0 < cfg.nms_thresh <= 1:
-        bad('nms_thresh', 'expected None or a number in (0, 1]')
-    if not 0 <= cfg.trainable_layers <= 5: bad('trainable_layers', 'expected 0..5')
-    scales = cfg.train_scales
-    if not (isinstance(scales, (list, tuple)) and scales and all(int(s) > 0 for s in scales)):
-        bad('train_scales', 'expected a non-empty list of positive short sides')
-    if not (isinstance(cfg.steps, (list, tuple)) and all(0 < int(s) for s in cfg.steps)):
-        bad('steps', 'expected a list of positive epochs')
+    _check_numbers(cfg, bad)
     if not (cfg.lambda_ == 'rare' or (isinstance(cfg.lambda_, (int, float)) and not isinstance(cfg.lambda_, bool)
                                       and cfg.lambda_ > 0)):
         bad('lambda_', "expected a positive number or 'rare' (the classes with <= 10 training images)")
@@ -134,11 +176,7 @@ def validate_config(cfg: DetConfig # the config to check
             bad('background_channel', f"loss={cfg.loss!r} trains C channels (no background channel)")
         if cfg.loss == 'softmax' and not cfg.background_channel:
             bad('background_channel', "a detector's Softmax needs its background channel")
-    if not isinstance(cfg.loss_kwargs, dict): bad('loss_kwargs', 'expected a mapping')
-    for k in cfg.loss_kwargs:
-        if k in _LOSS_FIELDS:
-            where = f"set the config field '{_LOSS_FIELDS[k]}'" if _LOSS_FIELDS[k] else 'it comes from the training set'
-            bad('loss_kwargs', f"key {k!r} is not a loss_kwargs key: {where}")
+    _check_loss_kwargs(cfg, bad)
     if not isinstance(cfg.pretrained, str): bad('pretrained', "expected a weights name, a file, or 'none'")
     if bool(cfg.train_ann) != bool(cfg.train_images) or bool(cfg.val_ann) != bool(cfg.val_images):
         raise ValueError("config fields 'train_ann'/'train_images' and 'val_ann'/'val_images' must be given together")
@@ -273,11 +311,12 @@ def study_presets(study: str # a key of STUDIES
     return list(_STUDY_ROWS[study])
 
 # %% ../../nbs/04b_detection.config.ipynb #345c5df3
-def get_config(name_or_path: str,                     # a preset name (PRESETS) or a config.yaml file
+def get_config(name_or_path: Optional[str] = None,     # a preset name (PRESETS), a config.yaml file, or None (defaults)
                overrides: Optional[list[str]] = None, # ["key=value", ...]
               ) -> DetConfig:
-    "Build a DetConfig from a preset or a YAML file, then apply `key=value` overrides."
-    if name_or_path in PRESETS: cfg = DetConfig(preset=name_or_path, **PRESETS[name_or_path])
+    "Build a DetConfig from a preset or a YAML file (the defaults when none is given), then apply `key=value` overrides."
+    if not name_or_path: cfg = DetConfig()
+    elif name_or_path in PRESETS: cfg = DetConfig(preset=name_or_path, **PRESETS[name_or_path])
     elif os.path.exists(name_or_path): cfg = load_config(DetConfig, name_or_path)
-    else: raise ValueError(f"--config {name_or_path!r}: neither a preset ({', '.join(PRESETS)}) nor an existing file")
+    else: raise ValueError(f"config {name_or_path!r}: neither a preset ({', '.join(PRESETS)}) nor an existing file")
     return validate_config(apply_overrides(cfg, list(overrides or [])))

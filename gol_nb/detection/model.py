@@ -25,6 +25,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from ..losses import build_loss, init_classifier, resolve_lambda, ClassStatsLoss, CLASS_STATS_LOSSES, \
     GUMBEL_LOSSES, OFFICIAL_LOSSES
 from .config import BACKBONES, NORM_MODES
+from ..engine import RunSetupError
 
 # %% auto #0
 __all__ = ['NORM_LAYERS', 'NO_WEIGHTS', 'to_loss_labels', 'LossBoxPredictor', 'CosineMaskPredictor', 'MMDetRoIAlign',
@@ -292,11 +293,12 @@ def _load_backbone_weights(body: nn.Module, name: str, pretrained: str) -> str:
     try:
         socket.setdefaulttimeout(20)
         sd = weights.get_state_dict(progress=False)
-    except Exception as e:
-        raise RuntimeError(
-            f"pretrained={pretrained!r}: could not get torchvision's {name}.{weights.name} weights ({type(e).__name__}: "
-            f"{e}). Offline? Download {weights.url} to {cached} (torchvision reads it from there), or set pretrained "
-            "to a checkpoint file, or pretrained=none to train from random initialisation.") from e
+    except Exception as e:  # one sentence, not the download's own traceback chained to ours
+        why = ' '.join(f"{type(e).__name__}: {e}".split())
+        raise RunSetupError(
+            f"pretrained={pretrained!r}: could not get torchvision's {name}.{weights.name} weights ({why}). Offline? "
+            f"Download {weights.url} to {cached} (torchvision reads it from there), or set pretrained to a checkpoint "
+            "file, or pretrained=none to train from random initialisation.") from None
     finally: socket.setdefaulttimeout(old)
     body.load_state_dict({k: v for k, v in sd.items() if not k.startswith('fc.')}, strict=False)
     return f'torchvision:{name}.{weights.name}'

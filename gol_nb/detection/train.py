@@ -17,14 +17,15 @@ from ..data import (LVISDetection, detection_collate, RepeatFactorSampler, check
 from ..engine import (atomic_write_json, atomic_write_text, save_checkpoint, init_distributed, cleanup_distributed,
                            launch_run, seed_everything, JSONLLogger, rng_state, set_rng_state,
                            config_to_dict, prepare_run, check_state_shapes, RunGuard, RunInterrupted, require_devices,
-                           scaled_lr, schedule_lr, trainer_parser, parse_trainer_args, run_trainer_cli, NonFiniteError)
+                           scaled_lr, schedule_lr, trainer_parser, parse_trainer_args, run_trainer_cli, NonFiniteError,
+                           RunSetupError, unlock_run_folder)
 from . import config as detconfig
 from .config import DetConfig, get_config, validate_config
 from .model import detector_from_config
 from .inference import evaluate_detector, checkpoint_classes
 
 # %% auto #0
-__all__ = ['lr_at', 'SimulatedCrash', 'load_data', 'check_run', 'train', 'run_training', 'main']
+__all__ = ['MMDET_MISSING', 'lr_at', 'SimulatedCrash', 'load_data', 'check_run', 'train', 'run_training', 'mmdet_runner', 'main']
 
 # %% ../../nbs/04c_detection.train.ipynb #4dc9f005
 def lr_at(cfg: DetConfig, # the run's config
@@ -80,6 +81,10 @@ def train(cfg: DetConfig # the run's configuration
          ) -> Optional[dict]:
     "Train (single process, or one rank under torchrun) and evaluate; return the metrics on rank 0."
     cfg = validate_config(cfg)
+    try: return _train(cfg)
+    finally: unlock_run_folder(cfg.output_dir)  # this run is over, however it ended
+
+def _train(cfg: DetConfig) -> Optional[dict]:
     info = init_distributed(cfg.device, timeout=cfg.hang_timeout)
     rank, world, device = info.rank, info.world_size, info.device
     out = Path(cfg.output_dir)
@@ -110,7 +115,7 @@ def train(cfg: DetConfig # the run's configuration
     net = model
     if info.distributed:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == 'cuda' else None, find_unused_parameters=True)
+            model, device_ids=[device.index] if device.type == 'cuda' else None, find_unused_parameters=False)
     sampler = _epoch_sampler(cfg, train_ds, world, rank)
     logger = JSONLLogger(out / 'log.jsonl') if rank == 0 else None
     # config.yaml is (re)written only now, with the weights loaded; it records which backbone weights were loaded
@@ -148,7 +153,7 @@ def train(cfg: DetConfig # the run's configuration
                                tag, keep=cfg.keep_checkpoints)
 
     hint = f"lower base_lr (now {cfg.base_lr:g}) or set grad_clip (now {cfg.grad_clip:g})"
-    with RunGuard(cfg, info, hint=hint) as guard:
+    with RunGuard(cfg, info, hint=hint, logger=logger) as guard:
         done = cfg.max_iters and iteration >= cfg.max_iters
         while epoch < cfg.epochs and not done:
             sampler.set_epoch(epoch); train_ds.set_epoch(epoch)
@@ -172,12 +177,7 @@ def train(cfg: DetConfig # the run's configuration
                 imgs = [i.to(device, non_blocking=True) for i in imgs]
                 tgts = [{kk: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for kk, v in t.items()}
                         for t in tgts]
-                try:
-                    with amp_ctx: losses = net(imgs, tgts)
-                except ValueError as e:  # the losses refuse NaN logits: say on which iteration
-                    if 'NaN' not in str(e): raise
-                    raise NonFiniteError(f"non-finite values at iteration {iteration + 1}: {e}; no checkpoint was "
-                                         f"written after iteration {iteration}; {hint}") from e
+                with amp_ctx: losses = net(imgs, tgts)  # a loss refusing NaN logits: the guard names the iteration
                 loss = sum(losses.values())
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -248,6 +248,17 @@ def run_training(cfg: DetConfig,           # the run's configuration
     check_run(cfg, nproc)
     return launch_run(cfg, 'gol_nb.detection.train', nproc, env=env)
 
+MMDET_MISSING = ("the mmdetection engine is not installed: run `make mmdet` (builds mmcv once, 10-45 min on 2 cores)")
+
+def mmdet_runner():
+    "The module `gol_nb.mmdet_runner`; a RunSetupError saying how to install it when mmdet/mmcv/mmengine are missing."
+    try: import gol_nb.mmdet_runner as runner
+    except ImportError as e:
+        if (getattr(e, 'name', None) or '').split('.')[0] in ('mmdet', 'mmcv', 'mmengine'):
+            raise RunSetupError(MMDET_MISSING) from None
+        raise
+    return runner
+
 def _preset_lines() -> dict:
     "Preset name -> one-line description (A's PRESET_INFO where it has one)."
     info = getattr(detconfig, 'PRESET_INFO', {})
@@ -260,8 +271,9 @@ def main(argv: Optional[list[str]] = None # command-line arguments (default: sys
     pre = argparse.ArgumentParser(add_help=False); pre.add_argument('--engine', choices=('torchvision', 'mmdet'))
     known, rest = pre.parse_known_args(argv)
     if known.engine == 'mmdet':  # the mmdetection runner parses the same forms; imported only when asked for
-        from gol_nb.mmdet_runner import main as mmdet_main
-        mmdet_main(rest); return
+        try: runner = mmdet_runner()
+        except RunSetupError as e: sys.exit(f"gol-train: error: {e}")
+        runner.main(rest); return
     p = trainer_parser('gol-train', 'Train Mask R-CNN with a gol_nb loss (GOL by default).', DetConfig)
     p.add_argument('--engine', choices=('torchvision', 'mmdet'), default='torchvision',
                    help='torchvision (this trainer) or mmdet (the mmdetection runner: Cascade, HTC)')
