@@ -55,12 +55,14 @@ readme: $(STAMP)
 	$(BIN)/python tools/readme_results.py --run $(OUT)/demo_cpu
 
 # JupyterLab on the repository (installed into .venv on first use), opening in nbs/: outputs/ (executed notebooks)
-# and run folders are in reach too. The notebooks name the kernel `python3`; here it is this
-# venv's Python (registered in .venv, and .venv's Jupyter folder comes first), so notebooks run without switching
-# kernels (as root, e.g. in a container, with --allow-root). More options: make lab LAB_ARGS='--no-browser --port 8899'
+# and run folders are in reach too. The notebooks name the kernel `python3`; here it is this venv's Python
+# (registered in .venv, and .venv's Jupyter folder comes first), so notebooks run without switching kernels (as root,
+# e.g. in a container, with --allow-root). Its display name is `python3`, as nbdev_clean writes it into the notebooks:
+# JupyterLab then does not rewrite the kernelspec and mark a notebook modified on opening.
+# More options: make lab LAB_ARGS='--no-browser --port 8899'
 $(LAB_STAMP): $(STAMP)
 	$(BIN)/pip install -q 'jupyterlab>=4.2,<5' 'ipywidgets>=8.1,<9'
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name 'Python 3 (gol_nb .venv)'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name python3
 	touch $(LAB_STAMP)
 
 lab: $(LAB_STAMP)
