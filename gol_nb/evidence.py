@@ -283,7 +283,7 @@ def compare_rows(runs: dict,          # {row: [{'segm': Matching, 'bbox': Matchi
     return pd.DataFrame(lines).set_index('row')
 
 # %% ../nbs/04g_evidence.ipynb #bdaae8be
-VERDICTS = ('reproduced', 'contradicted', 'inconclusive', 'baseline', 'no paper figure', 'no runs')
+VERDICTS = ('reproduced', 'contradicted', 'inconclusive', 'baseline', 'no paper figure', 'no baseline', 'no runs')
 
 def verdict(lo: float,     # lower end of the measured difference's interval
             hi: float,     # upper end

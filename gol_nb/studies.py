@@ -365,7 +365,7 @@ def _val_set(cfg, run_dir):
 
 def val_detections(run_dir: str | os.PathLike, # a finished torchvision run
                    max_images: int = 0,        # the first validation images to predict (0: all)
-                   batch_size: int = 4,        # images per forward pass
+                   batch_size: int = 0,        # images per forward pass (0: the run's, as its evaluation did)
                   ) -> Path:
     "The run's detections on its validation set: a detection file under `<run>/analysis/`, predicted once."
     from gol_nb.detection.inference import predict_to_file
@@ -375,7 +375,7 @@ def val_detections(run_dir: str | os.PathLike, # a finished torchvision run
         model, cfg = load_run_model(run_dir)
         ds = _val_set(cfg, run_dir)
         n = min(max_images, len(ds)) if max_images else len(ds)
-        predict_to_file(model, ds, det_file, range(n), torch.device('cpu'), batch_size,
+        predict_to_file(model, ds, det_file, range(n), torch.device('cpu'), batch_size or cfg.batch_size,
                         category_ids=model.category_ids, mask_thresh=cfg.mask_thresh)
     return det_file
 
@@ -506,7 +506,8 @@ def study_summary(output_dir: str | os.PathLike, # the study's folder: <preset>/
             line[f'paper_d{k}'] = float(p) - float(pb) if p is not None and pb is not None else np.nan
         for k in CLAIMS:
             if b == n: v = 'baseline'
-            elif b is None or not runs[n] or not runs.get(b): v = 'no runs'
+            elif b is None: v = 'no baseline'
+            elif not runs[n] or not runs.get(b): v = 'no runs'
             else: v = verdict(line[f'd{k}_lo'], line[f'd{k}_hi'], line[f'paper_d{k}'])
             line[f'verdict_{k}'] = v
         line.update(resamples=resamples, level=level, seeds_mode=seeds_mode)
@@ -544,7 +545,8 @@ def describe_evidence(s: pd.DataFrame # from `study_summary` (or summary.csv)
     lines, rows = [], s.set_index('preset')
     for n, r in rows.iterrows():
         b = r['baseline']
-        if r['verdict_AP'] in ('baseline', 'no runs') or not isinstance(b, str) or b not in rows.index: continue
+        if r['verdict_AP'] in ('baseline', 'no baseline', 'no runs') or not isinstance(b, str) or b not in rows.index:
+            continue
         b = rows.loc[b]
         n_res = int(r['dAP_resamples'])
         parts = [f"{k} {_iv(r[f'd{k}'], r[f'd{k}_lo'], r[f'd{k}_hi'])}" for k in ('AP', 'APr', 'APc', 'APf', 'APb')]
