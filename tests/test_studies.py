@@ -230,3 +230,31 @@ def test_summary_csv_columns_means_and_verdicts(tmp_path):
         for seed in (0, 1): (src / f'seed{seed}').rename(tmp_path / 'losses' / name / f'seed{seed}')
     s = study_summary(tmp_path / 'losses', losses, resamples=200, log=lambda m: None)
     assert s['verdict_AP'].tolist() == ['baseline', 'no paper figure'] and s.at[1, 'dAP_lo'] > 0
+
+
+def test_study_table_block_is_generated_from_summary_csv(tmp_path):
+    "tools/study_table.py writes README's study block from summary.csv, and `--check` notices a stale block."
+    import pandas as pd
+    sys.path.insert(0, str(ROOT / 'tools'))
+    try: import study_table
+    finally: sys.path.pop(0)
+    study = tmp_path / 'activations'
+    readme = tmp_path / 'README.md'
+    readme.write_text(f"intro\n{study_table.BEGIN}\nold\n{study_table.END}\nrest\n")
+    with pytest.raises(SystemExit, match='run nbs/09_ablations.ipynb first'): study_table.study_block(study)
+    study.mkdir()
+    row = dict(row='R50 Gumbel', n_seeds=3, AP_mean=21.04, AP_std=0.52, APr_mean=9.9, APr_std=0.4, APb_mean=22.0,
+               APb_std=0.3, dAP=1.25, dAP_lo=0.41, dAP_hi=2.07, dAPr=8.0, dAPr_lo=-0.5, dAPr_hi=15.0, paper_dAP=3.8,
+               paper_dAPr=4.9, verdict_AP='reproduced', verdict_APr='inconclusive', resamples=1000, level=0.95,
+               seeds_mode='average')
+    pd.DataFrame([row]).to_csv(study / 'summary.csv', index=False)
+    (study / 'study_info.json').write_text(json.dumps({'study': 'activations', 'wall_s': 1500, 'cpu_count': 2}))
+    argv = ['--study-dir', str(study), '--readme', str(readme)]
+    assert study_table.main(argv + ['--check']) == 1
+    assert study_table.main(argv) == 0 and study_table.main(argv + ['--check']) == 0
+    text = readme.read_text()
+    assert text.startswith('intro\n') and text.endswith('rest\n')
+    assert '| R50 Gumbel | 3 | 21.0 ± 0.5 | 9.9 ± 0.4 | 22.0 ± 0.3 | +1.2 [+0.4, +2.1] | +3.8 | reproduced |' in text
+    assert '1 reproduced, 0 contradicted, 1 inconclusive' in text and 'took 25 min on 2 CPU cores' in text
+    pd.DataFrame([dict(row, AP_mean=25.0)]).to_csv(study / 'summary.csv', index=False)
+    assert study_table.main(argv + ['--check']) == 1  # a new summary makes the block stale
