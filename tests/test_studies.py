@@ -258,3 +258,19 @@ def test_study_table_block_is_generated_from_summary_csv(tmp_path):
     assert '1 reproduced, 0 contradicted, 1 inconclusive' in text and 'took 25 min on 2 CPU cores' in text
     pd.DataFrame([dict(row, AP_mean=25.0)]).to_csv(study / 'summary.csv', index=False)
     assert study_table.main(argv + ['--check']) == 1  # a new summary makes the block stale
+
+
+def test_analysis_notebook_does_not_train_a_missing_full_study(tmp_path):
+    "10 with defaults and no finished full study stops with a sentence naming smoke and train_missing (no training)."
+    smoke_run = tmp_path / 'gol_nb' / 'studies' / 'activations_smoke' / 'softmax_r50_1x' / 'seed0'
+    smoke_run.mkdir(parents=True)
+    (smoke_run / 'config.yaml').write_text('loss: softmax\n'); (smoke_run / 'metrics.json').write_text('{"AP": 0.1}')
+    env = dict(os.environ, TMPDIR=str(tmp_path), MPLBACKEND='Agg')  # the smoke study's default place
+    env.pop('IN_TEST', None)
+    r = subprocess.run([sys.executable, '-m', 'papermill', str(ROOT / 'nbs' / '10_model_analysis.ipynb'),
+                        str(tmp_path / 'out.ipynb'), '-p', 'output_dir', str(tmp_path / 'no_study')],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    err = r.stdout + r.stderr
+    assert 'set the parameter train_missing to true' in err and 'set the parameter smoke to true' in err, err[-3000:]
+    assert not (tmp_path / 'no_study').exists()  # nothing was trained
