@@ -129,7 +129,9 @@ def run_overrides(name: str,          # preset (or mmdetection config name)
     ov = {k: v for k, v in data.items()}
     ov.update({'mini': MINI_OVERRIDES, 'smoke': SMOKE_OVERRIDES, 'paper': {}}[recipe])
     ov.update(seed=seed, output_dir=str(run_dir), resume=True, device='cpu' if gpus == 0 else 'cuda')
-    if recipe != 'paper': ov['lambda_'] = 'rare'  # mark the small set's rare classes
+    if recipe != 'paper':
+        ov['lambda_'] = 'rare'  # mark the small set's rare classes
+        ov['keep_checkpoints'] = 1  # the final weights are all a study reads (a mini run's is ~90 MB)
     if engine == 'mmdet': return [f'{k}={_yaml(v)}' for k, v in ov.items() if k in MMDET_KEYS] + list(extra)
     if gpus == 0 and get_config(name).fused_loss: ov['fused_loss'] = False
     return [f'{k}={_yaml(v)}' for k, v in ov.items()] + list(extra)
