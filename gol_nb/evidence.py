@@ -130,16 +130,11 @@ def interpolated_ap(rc: np.ndarray, # (M, n) recall after each detection (non-de
                     pr: np.ndarray, # (M, n) precision after each detection
                    ) -> np.ndarray: # (M,)
     "Mean over REC_THRS of the interpolated precision (the best precision at any recall >= r; 0 if r is not reached)."
-    (M, n), R = rc.shape, len(REC_THRS)
-    k = np.searchsorted(REC_THRS, rc, side='right')  # thresholds <= each point's recall: 0..R
-    k += (R + 1) * np.arange(M)[:, None]  # one histogram per row
-    first = np.cumsum(np.bincount(k.ravel(), minlength=M * (R + 1)).reshape(M, R + 1), axis=1)[:, :R]
-    # points first[j] .. first[j+1]-1 reach threshold j but not j+1: the segments tile each row
-    empty = np.diff(np.concatenate([first, np.full((M, 1), n)], 1), axis=1) == 0
-    flat = np.append(pr.ravel(), 0.)  # a sentinel: a segment may start at the end of the last row
-    seg = np.maximum.reduceat(flat, (first + n * np.arange(M)[:, None]).ravel()).reshape(M, R)
-    seg[empty] = 0.
-    return np.maximum.accumulate(seg[:, ::-1], axis=1).mean(1)  # the best precision of the segments at or beyond r
+    k = np.searchsorted(REC_THRS, rc, side='right')  # thresholds each point reaches (recall >= threshold): 0..R
+    # point i is the first to reach k[i] - k[i-1] thresholds, and there the best precision from i on counts for each
+    reached = np.diff(k, axis=1, prepend=0)
+    best = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+    return (best * reached).sum(1) / len(REC_THRS)
 
 def class_ap(m: Matching,            # from `match_detections`
              weights: np.ndarray,    # (N,) or (B, N) non-negative weight (multiplicity) of each image
