@@ -278,7 +278,8 @@ def compare_rows(runs: dict,          # {row: [{'segm': Matching, 'bbox': Matchi
     return pd.DataFrame(lines).set_index('row')
 
 # %% ../nbs/04g_evidence.ipynb #bdaae8be
-VERDICTS = ('reproduced', 'contradicted', 'inconclusive', 'baseline', 'no paper figure', 'no baseline', 'no runs')
+VERDICTS = ('reproduced', 'contradicted', 'inconclusive', 'baseline', 'no paper figure', 'no baseline', 'no runs',
+            'no interval')  # the last four: a study's rows that cannot be judged, and why
 
 def verdict(lo: float,     # lower end of the measured difference's interval
             hi: float,     # upper end

@@ -510,6 +510,7 @@ def study_summary(output_dir: str | os.PathLike, # the study's folder: <preset>/
             if b == n: v = 'baseline'
             elif b is None: v = 'no baseline'
             elif not runs[n] or not runs.get(b): v = 'no runs'
+            elif n not in ev.index or b not in ev.index: v = 'no interval'  # e.g. mmdetection runs: no detections
             else: v = verdict(line[f'd{k}_lo'], line[f'd{k}_hi'], line[f'paper_d{k}'])
             line[f'verdict_{k}'] = v
         line.update(resamples=resamples, level=level, seeds_mode=seeds_mode)
@@ -548,6 +549,10 @@ def describe_evidence(s: pd.DataFrame # from `study_summary` (or summary.csv)
     for n, r in rows.iterrows():
         b = r['baseline']
         if r['verdict_AP'] in ('baseline', 'no baseline', 'no runs') or not isinstance(b, str) or b not in rows.index:
+            continue
+        if r['verdict_AP'] == 'no interval':
+            lines.append(f"{r['row']} vs {rows.loc[b, 'row']}: AP {r['dAP']:+.1f} (x100; no interval: the runs' "
+                         "detections could not be read, see the log above).")
             continue
         b = rows.loc[b]
         n_res = int(r['dAP_resamples'])

@@ -222,6 +222,16 @@ def test_summary_csv_columns_means_and_verdicts(tmp_path):
     text = describe_evidence(csv)
     assert 'Of 4 paper claims' in text and 'reproduced' in text
     assert len(format_summary(csv)) == 3
+    # a run whose detections cannot be matched (here: its matchings and config.yaml are gone): no interval, said
+    import shutil
+    shutil.copytree(tmp_path / gumbel / 'seed0' / 'analysis', tmp_path / 'kept')
+    shutil.rmtree(tmp_path / gumbel / 'seed0' / 'analysis')
+    logs = []
+    s = study_summary(tmp_path, rows, resamples=100, log=logs.append)
+    assert s['verdict_AP'].tolist() == ['baseline', 'inconclusive', 'no interval'], s['verdict_AP']
+    assert any(l.startswith(f'{gumbel}: no intervals') and 'config.yaml' in l for l in logs), logs
+    assert 'no interval' in describe_evidence(s)
+    shutil.copytree(tmp_path / 'kept', tmp_path / gumbel / 'seed0' / 'analysis')
     # a row of a study without paper figures: 'no paper figure'
     losses = select_rows('losses', presets=['eql_r50_1x', 'eql_gumbel_r50_1x'])
     for name in losses:
