@@ -258,14 +258,16 @@ def test_study_table_block_is_generated_from_summary_csv(tmp_path):
                paper_dAPr=4.9, verdict_AP='reproduced', verdict_APr='inconclusive', resamples=1000, level=0.95,
                seeds_mode='average')
     pd.DataFrame([row]).to_csv(study / 'summary.csv', index=False)
-    (study / 'study_info.json').write_text(json.dumps({'study': 'activations', 'wall_s': 1500, 'cpu_count': 2}))
+    info = {'study': 'activations', 'wall_s': 1500, 'cpu_count': 2, 'runs': 3, 'sampler': 'random'}
+    (study / 'study_info.json').write_text(json.dumps(info))
     argv = ['--study-dir', str(study), '--readme', str(readme)]
     assert study_table.main(argv + ['--check']) == 1
     assert study_table.main(argv) == 0 and study_table.main(argv + ['--check']) == 0
     text = readme.read_text()
     assert text.startswith('intro\n') and text.endswith('rest\n')
     assert '| R50 Gumbel | 3 | 21.0 ± 0.5 | 9.9 ± 0.4 | 22.0 ± 0.3 | +1.2 [+0.4, +2.1] | +3.8 | reproduced |' in text
-    assert '1 reproduced, 0 contradicted, 1 inconclusive' in text and 'took 25 min on 2 CPU cores' in text
+    assert '1 reproduced, 0 contradicted, 1 inconclusive' in text and 'random sampler block' in text
+    assert 'its 3 runs took 25 min on 2 CPU cores' in text
     pd.DataFrame([dict(row, AP_mean=25.0)]).to_csv(study / 'summary.csv', index=False)
     assert study_table.main(argv + ['--check']) == 1  # a new summary makes the block stale
 

@@ -56,11 +56,13 @@ def study_block(study_dir: Path) -> str:
     first = s.iloc[0]
     res, level = int(first.get('resamples', 0)), float(first.get('level', 0.95))
     mode = str(first.get('seeds_mode', 'average'))
-    intro = (f"Study `{info.get('study', study_dir.name)}` ({info.get('description', 'see nbs/09_ablations.ipynb')}), "
-             f"{'/'.join(map(str, seeds))} seeds per row")
+    block = f", {info['sampler']} sampler block" if info.get('sampler') not in (None, 'both') else ''
+    intro = (f"Study `{info.get('study', study_dir.name)}` ({info.get('description', 'see nbs/09_ablations.ipynb')}"
+             f"{block}), {'/'.join(map(str, seeds))} seeds per row")
     if info.get('val_images'): intro += f", {info['val_images']} validation images"
     if info.get('wall_s'):
-        intro += (f"; it took {info['wall_s'] / 60:.0f} min on {info.get('cpu_count', '?')} CPU cores"
+        intro += (f"; training and evaluating its {info.get('runs', '')} runs took {info['wall_s'] / 60:.0f} min on "
+                  f"{info.get('cpu_count', '?')} CPU cores"
                   + (f" ({info['cpu_model']})" if info.get('cpu_model') else ''))
     lines = [intro + '.', '',
              '| row | seeds | mask AP | APr | box AP | ΔAP [95%] | paper ΔAP | AP claim | ΔAPr [95%] | paper ΔAPr '
