@@ -4,7 +4,7 @@
 
 # %% ../nbs/04e_studies.ipynb #c3517f22
 from __future__ import annotations
-import contextlib, fcntl, io, json, os, resource, time, traceback, warnings
+import contextlib, fcntl, io, json, os, resource, tempfile, time, traceback, warnings
 from pathlib import Path
 from typing import Callable, Optional
 import numpy as np
@@ -16,12 +16,14 @@ from .engine import (atomic_write_text, atomic_write_bytes, load_checkpoint, lat
                            resume_changes, ConfigMismatchError, require_devices)
 from .detection.config import get_config, PRESET_INFO, STUDIES, study_presets
 from .detection.train import run_training
+from .evidence import Matching, match_detections, compare_rows, verdict, SEED_MODES
 
 # %% auto #0
-__all__ = ['METRICS', 'MMDET_STUDIES', 'MINI_OVERRIDES', 'SMOKE_OVERRIDES', 'SMOKE_LVIS', 'MMDET_KEYS', 'study_rows', 'baselines',
-           'select_rows', 'default_output_dir', 'study_data', 'run_overrides', 'run_study', 'study_table',
-           'format_table', 'describe_study', 'short_labels', 'plot_study', 'finished_runs', 'classifier_norms',
-           'load_run_model', 'analyse_run', 'rare_scores']
+__all__ = ['METRICS', 'MMDET_STUDIES', 'MINI_OVERRIDES', 'SMOKE_OVERRIDES', 'SMOKE_LVIS', 'MMDET_KEYS', 'SUMMARY_COLUMNS',
+           'CLAIMS', 'study_rows', 'baselines', 'select_rows', 'default_output_dir', 'study_data', 'run_overrides',
+           'run_study', 'study_table', 'format_table', 'describe_study', 'short_labels', 'plot_study', 'finished_runs',
+           'classifier_norms', 'load_run_model', 'val_detections', 'analyse_run', 'rare_scores', 'run_matchings',
+           'study_summary', 'format_summary', 'describe_evidence']
 
 # %% ../nbs/04e_studies.ipynb #2832b656
 METRICS = ('AP', 'APr', 'APc', 'APf', 'APb')
@@ -74,8 +76,9 @@ def select_rows(study: str,                     # one of STUDIES
     return rows
 
 def default_output_dir(study: str, smoke: bool = False) -> Path:
-    "Where a study's runs go by default: runs/studies/<study>[_smoke] under the repository root."
-    return project_root() / 'runs' / 'studies' / (f'{study}_smoke' if smoke else study)
+    "Where a study's runs go by default: runs/studies/<study> under the repository root; smoke runs in the temp folder."
+    if smoke: return Path(tempfile.gettempdir()) / 'gol_nb' / 'studies' / f'{study}_smoke'
+    return project_root() / 'runs' / 'studies' / study
 
 # %% ../nbs/04e_studies.ipynb #f4f87e96
 MINI_OVERRIDES = dict(backbone='resnet18', pretrained='none', norm='bn', trainable_layers=5, fpn_channels=64,
@@ -126,7 +129,9 @@ def run_overrides(name: str,          # preset (or mmdetection config name)
     ov = {k: v for k, v in data.items()}
     ov.update({'mini': MINI_OVERRIDES, 'smoke': SMOKE_OVERRIDES, 'paper': {}}[recipe])
     ov.update(seed=seed, output_dir=str(run_dir), resume=True, device='cpu' if gpus == 0 else 'cuda')
-    if recipe != 'paper': ov['lambda_'] = 'rare'  # mark the small set's rare classes
+    if recipe != 'paper':
+        ov['lambda_'] = 'rare'  # mark the small set's rare classes
+        ov['keep_checkpoints'] = 1  # the final weights are all a study reads (a mini run's is ~90 MB)
     if engine == 'mmdet': return [f'{k}={_yaml(v)}' for k, v in ov.items() if k in MMDET_KEYS] + list(extra)
     if gpus == 0 and get_config(name).fused_loss: ov['fused_loss'] = False
     return [f'{k}={_yaml(v)}' for k, v in ov.items()] + list(extra)
@@ -348,26 +353,48 @@ def load_run_model(run_dir: str | os.PathLike # a finished torchvision run
     cfg = load_config(DetConfig, Path(run_dir) / 'config.yaml')
     return load_model(run_dir, 'cpu', train_ann=cfg.train_ann or None), cfg
 
+def _fresh(path: Path, run_dir: Path) -> bool:
+    "`path` exists and is newer than the run's metrics.json (a retrained run invalidates what was derived from it)."
+    m = run_dir / 'metrics.json'
+    return path.exists() and (not m.exists() or path.stat().st_mtime_ns >= m.stat().st_mtime_ns)
+
+def _val_set(cfg, run_dir):
+    "The run's validation set as its evaluation saw it (LVISDetection), checked to exist."
+    from gol_nb.data.dataset import LVISDetection
+    if not cfg.val_ann:
+        raise ValueError(f"{run_dir}: config.yaml names no val_ann (a run of the embedded synthetic set?)")
+    return LVISDetection(cfg.val_ann, cfg.val_images, train=False, scales=(cfg.test_size,), max_size=cfg.max_size)
+
+def val_detections(run_dir: str | os.PathLike, # a finished torchvision run
+                   max_images: int = 0,        # the first validation images to predict (0: all)
+                   batch_size: int = 0,        # images per forward pass (0: the run's, as its evaluation did)
+                  ) -> Path:
+    "The run's detections on its validation set: a detection file under `<run>/analysis/`, predicted once."
+    from gol_nb.detection.inference import predict_to_file
+    run_dir = Path(run_dir)
+    det_file = run_dir / 'analysis' / f'val{max_images or "all"}_detections.dets'
+    if not _fresh(det_file, run_dir):
+        model, cfg = load_run_model(run_dir)
+        ds = _val_set(cfg, run_dir)
+        n = min(max_images, len(ds)) if max_images else len(ds)
+        predict_to_file(model, ds, det_file, range(n), torch.device('cpu'), batch_size or cfg.batch_size,
+                        category_ids=model.category_ids, mask_thresh=cfg.mask_thresh)
+    return det_file
+
 @torch.no_grad()
 def analyse_run(run_dir: str | os.PathLike, # a finished torchvision run
                 max_images: int = 0,        # validation images to use (0: all)
                 batch_size: int = 4,        # images per forward pass
                ) -> dict:
     "A run's validation detections and its class scores on the ground-truth boxes: {detections, scores (N, C), labels}."
-    from gol_nb.data.dataset import LVISDetection
     from gol_nb.evaluate import read_detections
-    from gol_nb.detection.inference import predict_to_file
-    out = Path(run_dir) / 'analysis'
-    key = f'val{max_images or "all"}'
-    det_file, npz = out / f'{key}_detections.dets', out / f'{key}_gt_scores.npz'
-    if not (det_file.exists() and npz.exists()):
+    run_dir = Path(run_dir)
+    det_file = val_detections(run_dir, max_images, batch_size)
+    npz = run_dir / 'analysis' / f'val{max_images or "all"}_gt_scores.npz'
+    if not _fresh(npz, run_dir):
         model, cfg = load_run_model(run_dir)
-        if not cfg.val_ann:
-            raise ValueError(f"{run_dir}: config.yaml names no val_ann (a run of the embedded synthetic set?)")
-        ds = LVISDetection(cfg.val_ann, cfg.val_images, train=False, scales=(cfg.test_size,), max_size=cfg.max_size)
+        ds = _val_set(cfg, run_dir)
         n = min(max_images, len(ds)) if max_images else len(ds)
-        out.mkdir(parents=True, exist_ok=True)
-        predict_to_file(model, ds, det_file, range(n), torch.device('cpu'), batch_size, category_ids=model.category_ids)
         scores, labels = [], []
         for s in range(0, n, batch_size):
             batch = [ds[i] for i in range(s, min(n, s + batch_size))]
@@ -397,3 +424,150 @@ def rare_scores(scores: np.ndarray, # (N, C) class scores on N ground-truth boxe
     neg_mask = np.zeros_like(scores, bool); neg_mask[:, rare] = True
     neg_mask[np.arange(len(labels)), labels] = False
     return pos, scores[neg_mask]
+
+# %% ../nbs/04e_studies.ipynb #b82b03f1
+def run_matchings(run_dir: str | os.PathLike # a finished torchvision run
+                 ) -> dict:
+    "{'segm': Matching, 'bbox': Matching} of a run on its validation set, computed once and kept under `analysis/`."
+    from gol_nb.engine import load_config
+    from gol_nb.detection.config import DetConfig
+    from gol_nb.evaluate import LVISGroundTruth, read_detections
+    run_dir = Path(run_dir)
+    files = {t: run_dir / 'analysis' / f'matching_{t}.npz' for t in ('segm', 'bbox')}
+    if all(_fresh(f, run_dir) for f in files.values()): return {t: Matching.load(f) for t, f in files.items()}
+    cfg = load_config(DetConfig, run_dir / 'config.yaml')
+    ds = _val_set(cfg, run_dir)
+    n = min(cfg.max_val_images, len(ds)) if cfg.max_val_images else len(ds)
+    gt = LVISGroundTruth(ds.lvis)
+    if n < len(gt.image_ids): gt = gt.subset([im['id'] for im in ds.images[:n]])  # as its evaluation did
+    dets = read_detections(val_detections(run_dir, cfg.max_val_images))
+    out = {}
+    for t, f in files.items():
+        out[t] = match_detections(gt, dets, t, cfg.detections_per_img)  # the run's evaluation kept this many
+        out[t].save(f)
+    return out
+
+# %% ../nbs/04e_studies.ipynb #29272808
+SUMMARY_COLUMNS = ('row', 'preset', 'n_seeds', 'AP_mean', 'AP_std', 'APr_mean', 'APr_std', 'APc_mean', 'APf_mean',
+                   'APb_mean', 'APb_std', 'dAP', 'dAP_lo', 'dAP_hi', 'dAPr', 'dAPr_lo', 'dAPr_hi', 'paper_dAP',
+                   'paper_dAPr', 'verdict_AP', 'verdict_APr')
+CLAIMS = ('AP', 'APr')  # the metrics that get a verdict
+
+def _finished_metrics(out: Path, name: str, seeds) -> list:
+    "[(seed, run folder, metrics)] of the finished runs of row `name` (only `seeds`, if given)."
+    got = []
+    for d in sorted((out / name).glob('seed*'), key=lambda d: d.name):
+        if not d.name[4:].isdigit() or (seeds and int(d.name[4:]) not in seeds): continue
+        if run_status(d) == 'finished': got.append((int(d.name[4:]), d, json.loads((d / 'metrics.json').read_text())))
+    return got
+
+def study_summary(output_dir: str | os.PathLike, # the study's folder: <preset>/seed<k> run folders
+                  rows: dict,                     # {preset: PresetInfo} in table order (`select_rows`)
+                  seeds: Optional[list] = None,   # only these seeds (None: every finished seed)
+                  resamples: int = 1000,          # bootstrap resamples of the validation images
+                  level: float = 0.95,            # the intervals' coverage
+                  seeds_mode: str = 'average',    # 'average' or 'resample' (`gol_nb.evidence.paired_interval`)
+                  seed: int = 0,                  # RNG seed of the resamples
+                  log: Callable[[str], None] = print, # progress lines
+                 ) -> pd.DataFrame:
+    "One line per row (x100): means over seeds from metrics.json, paired bootstrap intervals, verdicts; summary.csv."
+    if seeds_mode not in SEED_MODES: raise ValueError(f"seeds_mode={seeds_mode!r}: expected one of {SEED_MODES}")
+    out = Path(output_dir)
+    runs = {n: _finished_metrics(out, n, seeds) for n in rows}
+    base = baselines(rows)
+    lines, matchings = {}, {}
+    for n, info in rows.items():
+        line = dict(row=info.row, preset=n, n_seeds=len(runs[n]), baseline=base[n] or '',
+                    seeds=' '.join(str(s) for s, _, _ in runs[n]))
+        for k in METRICS:
+            v = np.array([100 * float(m[k]) for _, _, m in runs[n] if k in m], float)
+            v = v[v >= 0]  # -1: the group had no ground truth
+            line[f'{k}_mean'] = v.mean() if len(v) else np.nan
+            line[f'{k}_std'] = v.std(ddof=1) if len(v) > 1 else np.nan
+        lines[n] = line
+        if info.engine == 'mmdet' or not runs[n]: continue  # mmdetection runs keep no detections of ours
+        try: matchings[n] = [run_matchings(d) for _, d, _ in runs[n]]
+        except Exception as e: log(f"{n}: no intervals ({_error_line(e)})")
+    if matchings:
+        log(f"paired bootstrap: {sum(map(len, matchings.values()))} runs, {resamples} resamples of the validation set")
+        ev = compare_rows(matchings, {n: base[n] for n in matchings}, resamples, level, seeds_mode, seed)
+    else: ev = pd.DataFrame()
+    for n, line in lines.items():
+        b, info = base[n], rows[n]
+        paper = lambda r, k: (rows[r].paper or {}).get(k) if r in rows else None
+        for k in METRICS:
+            if b is None or not runs[n] or not runs.get(b): d = np.nan
+            else: d = line[f'{k}_mean'] - lines[b][f'{k}_mean']
+            ok = n in ev.index and b in ev.index
+            line[f'd{k}'] = d
+            line[f'd{k}_lo'] = ev.at[n, f'd{k}_lo'] if ok else np.nan
+            line[f'd{k}_hi'] = ev.at[n, f'd{k}_hi'] if ok else np.nan
+            line[f'd{k}_resamples'] = int(ev.at[n, f'd{k}_resamples']) if ok else 0
+            line[f'{k}_rescored'] = ev.at[n, k] if n in ev.index else np.nan
+            p, pb = paper(n, k), paper(b, k) if b else None
+            line[f'paper_d{k}'] = float(p) - float(pb) if p is not None and pb is not None else np.nan
+        for k in CLAIMS:
+            if b == n: v = 'baseline'
+            elif b is None: v = 'no baseline'
+            elif not runs[n] or not runs.get(b): v = 'no runs'
+            elif n not in ev.index or b not in ev.index: v = 'no interval'  # e.g. mmdetection runs: no detections
+            else: v = verdict(line[f'd{k}_lo'], line[f'd{k}_hi'], line[f'paper_d{k}'])
+            line[f'verdict_{k}'] = v
+        line.update(resamples=resamples, level=level, seeds_mode=seeds_mode)
+    cols = list(SUMMARY_COLUMNS) + sorted({c for l in lines.values() for c in l} - set(SUMMARY_COLUMNS),
+                                          key=lambda c: list(next(iter(lines.values()))).index(c))
+    t = pd.DataFrame(list(lines.values()), columns=cols)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / 'summary.csv', t.to_csv(index=False))
+    return t
+
+# %% ../nbs/04e_studies.ipynb #f328437b
+def _iv(d: float, lo: float, hi: float) -> str:
+    "'+1.2 [+0.3, +2.0]' (or '-' without a value)."
+    if not np.isfinite(d): return '-'
+    return f"{d:+.1f}" + (f" [{lo:+.1f}, {hi:+.1f}]" if np.isfinite(lo) and np.isfinite(hi) else '')
+
+def format_summary(s: pd.DataFrame # from `study_summary` (or summary.csv)
+                  ) -> pd.DataFrame:
+    "The summary as a reader wants it: 'mean ± std' (x100), differences with their intervals, paper figures, verdicts."
+    f = lambda m, sd: '-' if not np.isfinite(m) else (f'{m:.1f}' if not np.isfinite(sd) else f'{m:.1f} ± {sd:.1f}')
+    g = lambda v: '-' if not np.isfinite(v) else f'{v:+.1f}'
+    out = pd.DataFrame(index=pd.Index(s['row'], name='row'))
+    out['seeds'] = s['n_seeds'].values
+    for k in ('AP', 'APr', 'APb'): out[k] = [f(m, sd) for m, sd in zip(s[f'{k}_mean'], s[f'{k}_std'])]
+    for k in ('AP', 'APr', 'APb'):
+        out[f'Δ{k} [95%]'] = [_iv(*v) for v in zip(s[f'd{k}'], s[f'd{k}_lo'], s[f'd{k}_hi'])]
+        if k in CLAIMS:
+            out[f'paper Δ{k}'] = [g(v) for v in s[f'paper_d{k}']]
+            out[f'verdict {k}'] = s[f'verdict_{k}'].values
+    return out
+
+def describe_evidence(s: pd.DataFrame # from `study_summary` (or summary.csv)
+                     ) -> str:
+    "Sentences about each compared row and a count of the verdicts, computed from the summary."
+    lines, rows = [], s.set_index('preset')
+    for n, r in rows.iterrows():
+        b = r['baseline']
+        if r['verdict_AP'] in ('baseline', 'no baseline', 'no runs') or not isinstance(b, str) or b not in rows.index:
+            continue
+        if r['verdict_AP'] == 'no interval':
+            lines.append(f"{r['row']} vs {rows.loc[b, 'row']}: AP {r['dAP']:+.1f} (x100; no interval: the runs' "
+                         "detections could not be read, see the log above).")
+            continue
+        b = rows.loc[b]
+        n_res = int(r['dAP_resamples'])
+        parts = [f"{k} {_iv(r[f'd{k}'], r[f'd{k}_lo'], r[f'd{k}_hi'])}" for k in ('AP', 'APr', 'APc', 'APf', 'APb')]
+        line = (f"{r['row']} vs {b['row']}: " + ', '.join(parts) + f" (x100; {100 * r['level']:.0f}% paired bootstrap "
+                f"intervals over {n_res} resamples of the validation images, seeds {r['seeds_mode']}d).")
+        claims = [f"{k} {r[f'paper_d{k}']:+.1f} -> {r[f'verdict_{k}']}" for k in CLAIMS
+                  if np.isfinite(r[f'paper_d{k}'])]
+        line += (" The paper: " + '; '.join(claims) + '.') if claims else " The paper gives no figure for this pair."
+        lines.append(line)
+    v = pd.concat([s[f'verdict_{k}'] for k in CLAIMS])
+    judged = v[v.isin(['reproduced', 'contradicted', 'inconclusive'])]
+    if len(judged):
+        counts = judged.value_counts()
+        lines.append(f"Of {len(judged)} paper claims (AP and APr differences): " + ', '.join(
+            f"{int(counts.get(k, 0))} {k}" for k in ('reproduced', 'contradicted', 'inconclusive')) + '.')
+    else: lines.append("No row of this study has a paper figure to test against.")
+    return '\n'.join(lines)

@@ -107,6 +107,12 @@ def test_real_run_crash_is_reported_then_resumed(tmp_path, data_root):
     assert any('resuming' in l for l in log)
     m = json.loads((tmp_path / 'r' / row / 'seed0' / 'metrics.json').read_text())
     assert set(METRICS) <= set(m) and all(-1 <= m[k] <= 1 for k in METRICS)
+    # its detections, predicted again from the final weights and matched once, re-score its metrics.json
+    from gol_nb.studies import study_summary
+    s = study_summary(tmp_path / 'r', select_rows('activations', presets=[row]), resamples=20, log=lambda m: None)
+    assert s.at[0, 'n_seeds'] == 1 and s.at[0, 'verdict_AP'] == 'no baseline'
+    for k in ('AP', 'APr', 'APb'): assert s.at[0, f'{k}_rescored'] == pytest.approx(100 * m[k], abs=1e-6), k
+    assert (tmp_path / 'r' / row / 'seed0' / 'analysis' / 'matching_segm.npz').exists()
     # the finished run is reused only for the same config: another model is reported, not silently skipped
     runs = run_study('activations', tmp_path / 'r', [0], overrides=['mask_head_dim=8'], **kw)
     assert list(runs['status']) == ['failed'] and 'finished run of another config' in runs['error'][0]
@@ -170,3 +176,113 @@ def test_gpus_2_launches_each_run_under_torchrun_on_cuda(tmp_path, data_root, mo
     rows = list(select_rows('activations', 'random'))
     assert launched == [(r, s, 2, 'cuda') for r in rows for s in (0, 1)]
     assert checked == [(2, 'cuda', True)] and (runs['status'] == 'finished').all()
+
+
+def test_summary_csv_columns_means_and_verdicts(tmp_path):
+    "summary.csv: the issue's columns, means equal to the runs' metrics.json, intervals and verdicts from the runs."
+    import pandas as pd
+    from gol_nb.evaluate import evaluate_lvis
+    from gol_nb.evidence import match_detections
+    from gol_nb.studies import study_summary, describe_evidence, format_summary, SUMMARY_COLUMNS
+    from test_evaluate import small_lvis, make_detections
+    gt = small_lvis(1, 30)
+    exact = [{'image_id': a['image_id'], 'category_id': a['category_id'], 'score': 1.0, 'bbox': a['bbox']}
+             for a in gt['annotations']]
+    dets = {0: make_detections(gt, 'bbox', 1), 1: make_detections(gt, 'bbox', 2)}  # two seeds
+    rows = select_rows('activations', 'random')  # Softmax (baseline), Sigmoid, Gumbel; paper +1.2 / +3.8 AP
+    softmax, sigmoid, gumbel = rows
+    per_row = {softmax: dets, sigmoid: dets, gumbel: {s: d + exact for s, d in dets.items()}}
+    for name, by_seed in per_row.items():
+        for seed, d in by_seed.items():
+            run = tmp_path / name / f'seed{seed}'
+            (run / 'analysis').mkdir(parents=True)
+            m = evaluate_lvis(gt, d, 'bbox')  # boxes stand in for masks: AP and APb are the same numbers here
+            (run / 'metrics.json').write_text(json.dumps({**{k: m[k] for k in ('AP', 'APr', 'APc', 'APf')},
+                                                          'APb': m['AP']}))
+            for t in ('segm', 'bbox'): match_detections(gt, d, 'bbox').save(run / 'analysis' / f'matching_{t}.npz')
+    (tmp_path / sigmoid / 'seed7').mkdir()  # an unfinished run is not counted
+    s = study_summary(tmp_path, rows, resamples=500, log=lambda m: None)
+    csv = pd.read_csv(tmp_path / 'summary.csv')
+    assert list(csv.columns[:len(SUMMARY_COLUMNS)]) == list(SUMMARY_COLUMNS)
+    for _, r in csv.iterrows():
+        ms = [json.loads(p.read_text()) for p in sorted((tmp_path / r['preset']).glob('seed*/metrics.json'))]
+        assert r['n_seeds'] == len(ms) == 2
+        for k in ('AP', 'APr', 'APc', 'APf', 'APb'):
+            assert r[f'{k}_mean'] == pytest.approx(100 * np.mean([m[k] for m in ms]), abs=1e-9)
+        for k in ('AP', 'APr', 'APb'):
+            assert r[f'{k}_std'] == pytest.approx(100 * np.std([m[k] for m in ms], ddof=1), abs=1e-9)
+        assert r['AP_rescored'] == pytest.approx(r['AP_mean'], abs=1e-6)  # the matchings re-score metrics.json
+    base, twin, better = (csv.iloc[i] for i in range(3))
+    assert (base['dAP'], base['dAP_lo'], base['dAP_hi'], base['verdict_AP'], base['verdict_APr']) == \
+        (0, 0, 0, 'baseline', 'baseline')
+    assert (twin['dAP'], twin['dAP_lo'], twin['dAP_hi']) == (0, 0, 0) and twin['verdict_AP'] == 'inconclusive'
+    assert twin['paper_dAP'] == pytest.approx(16.4 - 15.2) and better['paper_dAP'] == pytest.approx(19.0 - 15.2)
+    assert better['dAP_lo'] > 0 and better['dAPb_lo'] > 0 and better['verdict_AP'] == 'reproduced'
+    assert better['dAP'] == pytest.approx(better['AP_mean'] - base['AP_mean'])
+    text = describe_evidence(csv)
+    assert 'Of 4 paper claims' in text and 'reproduced' in text
+    assert len(format_summary(csv)) == 3
+    # a run whose detections cannot be matched (here: its matchings and config.yaml are gone): no interval, said
+    import shutil
+    shutil.copytree(tmp_path / gumbel / 'seed0' / 'analysis', tmp_path / 'kept')
+    shutil.rmtree(tmp_path / gumbel / 'seed0' / 'analysis')
+    logs = []
+    s = study_summary(tmp_path, rows, resamples=100, log=logs.append)
+    assert s['verdict_AP'].tolist() == ['baseline', 'inconclusive', 'no interval'], s['verdict_AP']
+    assert any(l.startswith(f'{gumbel}: no intervals') and 'config.yaml' in l for l in logs), logs
+    assert 'no interval' in describe_evidence(s)
+    shutil.copytree(tmp_path / 'kept', tmp_path / gumbel / 'seed0' / 'analysis')
+    # a row of a study without paper figures: 'no paper figure'
+    losses = select_rows('losses', presets=['eql_r50_1x', 'eql_gumbel_r50_1x'])
+    for name in losses:
+        src = tmp_path / (softmax if name == 'eql_r50_1x' else gumbel)
+        (tmp_path / 'losses' / name).mkdir(parents=True)
+        for seed in (0, 1): (src / f'seed{seed}').rename(tmp_path / 'losses' / name / f'seed{seed}')
+    s = study_summary(tmp_path / 'losses', losses, resamples=200, log=lambda m: None)
+    assert s['verdict_AP'].tolist() == ['baseline', 'no paper figure'] and s.at[1, 'dAP_lo'] > 0
+
+
+def test_study_table_block_is_generated_from_summary_csv(tmp_path):
+    "tools/study_table.py writes README's study block from summary.csv, and `--check` notices a stale block."
+    import pandas as pd
+    sys.path.insert(0, str(ROOT / 'tools'))
+    try: import study_table
+    finally: sys.path.pop(0)
+    study = tmp_path / 'activations'
+    readme = tmp_path / 'README.md'
+    readme.write_text(f"intro\n{study_table.BEGIN}\nold\n{study_table.END}\nrest\n")
+    with pytest.raises(SystemExit, match='run nbs/09_ablations.ipynb first'): study_table.study_block(study)
+    study.mkdir()
+    row = dict(row='R50 Gumbel', n_seeds=3, AP_mean=21.04, AP_std=0.52, APr_mean=9.9, APr_std=0.4, APb_mean=22.0,
+               APb_std=0.3, dAP=1.25, dAP_lo=0.41, dAP_hi=2.07, dAPr=8.0, dAPr_lo=-0.5, dAPr_hi=15.0, paper_dAP=3.8,
+               paper_dAPr=4.9, verdict_AP='reproduced', verdict_APr='inconclusive', resamples=1000, level=0.95,
+               seeds_mode='average')
+    pd.DataFrame([row]).to_csv(study / 'summary.csv', index=False)
+    info = {'study': 'activations', 'wall_s': 1500, 'cpu_count': 2, 'runs': 3, 'sampler': 'random'}
+    (study / 'study_info.json').write_text(json.dumps(info))
+    argv = ['--study-dir', str(study), '--readme', str(readme)]
+    assert study_table.main(argv + ['--check']) == 1
+    assert study_table.main(argv) == 0 and study_table.main(argv + ['--check']) == 0
+    text = readme.read_text()
+    assert text.startswith('intro\n') and text.endswith('rest\n')
+    assert '| R50 Gumbel | 3 | 21.0 ± 0.5 | 9.9 ± 0.4 | 22.0 ± 0.3 | +1.2 [+0.4, +2.1] | +3.8 | reproduced |' in text
+    assert '1 reproduced, 0 contradicted, 1 inconclusive' in text and 'random sampler block' in text
+    assert 'its 3 runs took 25 min on 2 CPU cores' in text
+    pd.DataFrame([dict(row, AP_mean=25.0)]).to_csv(study / 'summary.csv', index=False)
+    assert study_table.main(argv + ['--check']) == 1  # a new summary makes the block stale
+
+
+def test_analysis_notebook_does_not_train_a_missing_full_study(tmp_path):
+    "10 with defaults and no finished full study stops with a sentence naming smoke and train_missing (no training)."
+    smoke_run = tmp_path / 'gol_nb' / 'studies' / 'activations_smoke' / 'softmax_r50_1x' / 'seed0'
+    smoke_run.mkdir(parents=True)
+    (smoke_run / 'config.yaml').write_text('loss: softmax\n'); (smoke_run / 'metrics.json').write_text('{"AP": 0.1}')
+    env = dict(os.environ, TMPDIR=str(tmp_path), MPLBACKEND='Agg')  # the smoke study's default place
+    env.pop('IN_TEST', None)
+    r = subprocess.run([sys.executable, '-m', 'papermill', str(ROOT / 'nbs' / '10_model_analysis.ipynb'),
+                        str(tmp_path / 'out.ipynb'), '-p', 'output_dir', str(tmp_path / 'no_study')],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    err = r.stdout + r.stderr
+    assert 'set the parameter train_missing to true' in err and 'set the parameter smoke to true' in err, err[-3000:]
+    assert not (tmp_path / 'no_study').exists()  # nothing was trained
