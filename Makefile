@@ -8,7 +8,7 @@ OUT ?= outputs
 LAB_STAMP := $(VENV)/.lab-installed
 LAB_ARGS ?=
 
-.PHONY: test test-slow demo readme lab install mmdet bench clean-nbs
+.PHONY: test test-slow demo readme study-table lab install mmdet bench clean-nbs
 
 MMDET_STAMP := $(VENV)/.mmdet-installed
 
@@ -53,6 +53,12 @@ demo: $(STAMP)
 # The README's demo results block, written from $(OUT)/demo_cpu (metrics.json, config.yaml, run_info.json).
 readme: $(STAMP)
 	$(BIN)/python tools/readme_results.py --run $(OUT)/demo_cpu
+
+# README's "What the miniature LVIS shows" block, written from a study's summary.csv (nbs/09_ablations.ipynb, default
+# study in runs/studies/activations; another with STUDY=runs/studies/NAME).
+STUDY ?= runs/studies/activations
+study-table: $(STAMP)
+	$(BIN)/python tools/study_table.py --study-dir $(STUDY)
 
 # JupyterLab on the repository (installed into .venv on first use), opening in nbs/: outputs/ (executed notebooks)
 # and run folders are in reach too. The notebooks name the kernel `python3`; here it is this venv's Python
