@@ -623,6 +623,9 @@ def headline_metrics(metrics: dict # an mmengine evaluator's output ('lvis/AP', 
                     ) -> dict:
     "The metrics without their prefixes, AP / APr / APc / APf / APb first (COCO's box mAP as AP and APb)."
     m = {k.split('/', 1)[-1]: float(v) for k, v in metrics.items()}
+    if not m:  # mmdet's CocoMetric returns nothing when no val image got a detection (above the score threshold)
+        print("evaluation: no detection on any val image above the config's score threshold: AP 0", flush=True)
+        m = dict(bbox_mAP=0.0)
     if 'AP' not in m and 'bbox_mAP' in m:  # mmdet's CocoMetric: box AP only
         sizes = {f'AP{s}': m[f'bbox_mAP_{s}'] for s in ('50', '75', 's', 'm', 'l') if f'bbox_mAP_{s}' in m}
         m.update(AP=m['bbox_mAP'], APb=m['bbox_mAP'], **sizes)
