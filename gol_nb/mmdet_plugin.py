@@ -4,29 +4,36 @@
 
 # %% ../nbs/08_mmdet_plugin.ipynb #1ea53f01
 from __future__ import annotations
-import contextlib, functools, io, os
+import contextlib, functools, io, os, warnings
 from pathlib import Path
 import torch
+# mmdet's FasterCocoMetric module warns at import (when mmdet registers its modules) that faster_coco_eval is missing
+# and "metrics will not be computed": true of that one metric only, which no gol_nb config uses (they evaluate with
+# GolLVISMetric or mmdet's CocoMetric, on pycocotools). That one warning is silenced, from that one module.
+warnings.filterwarnings('ignore', message='faster_coco_eval is not installed', category=UserWarning,
+                        module=r'mmdet\.evaluation\.metrics\.faster_coco_metric')
 from mmdet.registry import MODELS, DATASETS, METRICS
 with contextlib.redirect_stdout(io.StringIO()) as _import_output:  # mmdet prints a DEBUG note here: drop that line
     from mmdet.datasets import CocoDataset
 print(''.join(l for l in _import_output.getvalue().splitlines(True) if 'Could not import OneDL' not in l), end='')
 from mmengine.evaluator import BaseMetric
 from .losses import CLASS_STATS_LOSSES, build_loss
-from .data import load_lvis, class_statistics, LVISDetection
-from .evaluate import Detections, LVISGroundTruth
+from .data import load_lvis, class_statistics, check_train_val, LVISDetection
+from .evaluate import Detections, LVISGroundTruth, run_lvis_eval
 from .detection.config import PresetInfo
 from .detection.inference import to_lvis_detections, evaluate_detections
 
 # %% auto #0
-__all__ = ['MMDET_NAMES', 'CLASS_STATS_TYPES', 'MMDET_LOSSES', 'CONFIG_DIR', 'PAPER_CONFIGS', 'PAPER_CONFIG_INFO', 'MMDetLoss',
-           'GolLVISDataset', 'GolLVISMetric', 'set_classes']
+__all__ = ['MMDET_NAMES', 'DENSE_NAMES', 'CLASS_STATS_TYPES', 'MMDET_LOSSES', 'DENSE_LOSSES', 'CONFIG_DIR', 'PAPER_CONFIGS',
+           'PAPER_CONFIG_INFO', 'BASELINE_CONFIGS', 'BASELINE_CONFIG_INFO', 'MMDET_CONFIGS', 'MMDET_CONFIG_INFO',
+           'MMDetLoss', 'MMDetDenseLoss', 'GolLVISDataset', 'GolLVISMetric', 'set_classes']
 
 # %% ../nbs/08_mmdet_plugin.ipynb #bec6206b
 MMDET_NAMES = {'softmax': 'GolSoftmaxLoss', 'sigmoid': 'GolSigmoidLoss', 'gumbel': 'GumbelLoss',
                'eql': 'GolEQLLoss', 'eql_gumbel': 'GumbelEQLLoss', 'droploss': 'GolDropLoss',
                'droploss_gumbel': 'GumbelDropLoss', 'federated': 'GolFederatedLoss',
-               'federated_gumbel': 'GumbelFederatedLoss', 'gol': 'GOLLoss'}
+               'federated_gumbel': 'GumbelFederatedLoss', 'gol': 'GOLLoss', 'eqlv2': 'GolEQLv2Loss'}
+DENSE_NAMES = {'gumbel_focal': 'GumbelFocalLoss', 'focal': 'GolFocalLoss'}  # losses of dense (one-stage) heads
 CLASS_STATS_TYPES = frozenset(MMDET_NAMES[n] for n in CLASS_STATS_LOSSES)  # the types that take `ann_file`
 
 @functools.lru_cache(maxsize=8)
@@ -94,6 +101,49 @@ def _register_losses() -> dict[str, type]:
 
 MMDET_LOSSES = _register_losses()
 
+# %% ../nbs/08_mmdet_plugin.ipynb #81c5e460
+class MMDetDenseLoss(torch.nn.Module):
+    "A gol_nb loss in an mmdet dense head (RetinaNet's): C channels per anchor, scored by the loss at test time."
+    custom_cls_channels = True  # the dense head then scores with `get_activation`, not with a sigmoid
+    loss_name = 'gumbel_focal'
+
+    def __init__(self, num_classes: int,          # C, foreground classes (the head's num_classes)
+                 use_sigmoid: bool = True,        # the head reads it: True gives C channels (no background channel)
+                 loss_weight: float = 1.0,        # factor on the loss, as mmdet's losses have
+                 **kwargs):                       # the gol_nb loss's own options (alpha, gamma, reduction)
+        super().__init__()
+        if not use_sigmoid:
+            raise ValueError(f"{type(self).__name__}: use_sigmoid must be True (a dense head then gives C channels "
+                             "per anchor, one per foreground class), got False")
+        self.loss = build_loss(self.loss_name, num_classes, **kwargs)
+        if self.loss.num_channels != num_classes:
+            raise ValueError(f"{type(self).__name__}: the loss {self.loss_name!r} needs {self.loss.num_channels} "
+                             f"channels, a dense head gives {num_classes}")
+        self.num_classes, self.loss_weight = num_classes, loss_weight
+
+    def forward(self, cls_score: torch.Tensor,      # (N, C) logits of the anchors
+                labels: torch.Tensor,               # (N,) labels in [0, C], C = background
+                weight: torch.Tensor | None = None, # (N,) label weights (0: ignored anchor)
+                avg_factor: float | None = None,    # mmdet passes the number of positive anchors
+                reduction_override: str | None = None, **kwargs) -> torch.Tensor:
+        return self.loss_weight * self.loss(cls_score, labels, weight, avg_factor, reduction_override)
+
+    def get_activation(self, cls_score: torch.Tensor) -> torch.Tensor:
+        "(N, C) scores of the anchors (the loss's own probabilities: Gumbel for the Gumbel focal loss)."
+        return self.loss.scores(cls_score)
+
+def _register_dense_losses() -> dict[str, type]:
+    "One `MMDetDenseLoss` subclass per dense gol_nb loss, registered in mmdet's MODELS under its `DENSE_NAMES` name."
+    out = {}
+    for name, mm_name in DENSE_NAMES.items():
+        cls = type(mm_name, (MMDetDenseLoss,), {'loss_name': name, '__module__': __name__,
+                                                '__doc__': f"gol_nb loss {name!r} in an mmdet dense head."})
+        MODELS.register_module(name=mm_name, module=cls, force=True)
+        out[mm_name] = cls
+    return out
+
+DENSE_LOSSES = _register_dense_losses()
+
 # %% ../nbs/08_mmdet_plugin.ipynb #7931b98b
 class GolLVISDataset(CocoDataset):
     "An LVIS-format set read with gol_nb's loader; class names (and their order) come from the annotation file."
@@ -124,14 +174,25 @@ class GolLVISMetric(BaseMetric):
     default_prefix = 'lvis'
 
     def __init__(self, ann_file: str,               # LVIS annotations of the evaluated images
+                 train_ann: str | None = None,      # training annotations: rare/common/frequent from their image counts
+                 iou_type: str = 'segm',            # 'segm': mask AP (and box AP); 'bbox': box AP only (no masks)
                  backend: str = 'hotcoco',          # gol_nb.evaluate backend: 'hotcoco' or 'lvis'
                  max_dets: int = 300,               # detections kept per image
                  max_images: int = 0,               # only the file's first images were predicted (0: all)
                  collect_device: str = 'cpu', prefix: str | None = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
-        self.ann_file, self.backend, self.max_dets, self.max_images = ann_file, backend, max_dets, max_images
+        if iou_type not in ('segm', 'bbox'): raise ValueError(f"GolLVISMetric: iou_type must be 'segm' or 'bbox', "
+                                                              f"got {iou_type!r}")
+        self.ann_file, self.train_ann, self.iou_type = ann_file, train_ann, iou_type
+        self.backend, self.max_dets, self.max_images = backend, max_dets, max_images
         self.category_ids = sorted(c['id'] for c in load_lvis(ann_file)['categories'])
         self.per_class = None  # the last evaluation's per-class table (AP, AP50, APb per category), on rank 0
+
+    def ground_truth(self) -> LVISGroundTruth:
+        "The evaluated annotations, with the training file's frequency groups when `train_ann` is given."
+        val = check_train_val(self.train_ann, self.ann_file) if self.train_ann else load_lvis(self.ann_file)
+        gt = LVISGroundTruth.of(val)
+        return gt.subset([im['id'] for im in val['images'][:self.max_images]]) if self.max_images else gt
 
     def process(self, data_batch, data_samples) -> None:
         dets = []
@@ -143,9 +204,13 @@ class GolLVISMetric(BaseMetric):
         self.results.append(to_lvis_detections(dets, [int(s['img_id']) for s in data_samples], self.category_ids, .5))
 
     def compute_metrics(self, results: list) -> dict:
-        gt = LVISGroundTruth.of(load_lvis(self.ann_file))
-        if self.max_images: gt = gt.subset([im['id'] for im in load_lvis(self.ann_file)['images'][:self.max_images]])
-        metrics, self.per_class = evaluate_detections(gt, Detections.concat(results), self.backend, self.max_dets)
+        gt, dets = self.ground_truth(), Detections.concat(results)
+        if self.iou_type == 'segm':
+            metrics, self.per_class = evaluate_detections(gt, dets, self.backend, self.max_dets)
+        else:  # box-only detectors: AP, APr, APc, APf are box AP, as are APb and the bbox_* figures
+            r = run_lvis_eval(gt, dets.without_masks(), 'bbox', self.backend, self.max_dets)
+            metrics = dict(r.metrics, **{f'bbox_{k}': v for k, v in r.metrics.items()}, APb=r.metrics['AP'])
+            self.per_class = r.per_class.assign(APb=r.per_class['AP'])
         return {k: float(v) for k, v in metrics.items()}
 
 METRICS.register_module(module=GolLVISMetric, force=True)
@@ -164,11 +229,18 @@ _FILES = {
     'mmdet_gumbel_cascade_r101_1x': 'gumbel_cascade-mask-rcnn_r101_fpn_random-1x_lvis-v1.py',
     'mmdet_softmax_htc_r101_1x': 'softmax_htc-without-semantic_r101_fpn_random-1x_lvis-v1.py',
     'mmdet_gumbel_htc_r101_1x': 'gumbel_htc-without-semantic_r101_fpn_random-1x_lvis-v1.py',
+    'mmdet_sigmoid_focal_retinanet_r50_coco_1x': 'sigmoid-focal_retinanet_r50_fpn_1x_coco.py',
+    'mmdet_gumbel_focal_retinanet_r50_coco_1x': 'gumbel-focal_retinanet_r50_fpn_1x_coco.py',
+    'mmdet_sigmoid_focal_retinanet_r50_lvis_v1_1x': 'sigmoid-focal_retinanet_r50_fpn_rfs-1x_lvis-v1.py',
+    'mmdet_gumbel_focal_retinanet_r50_lvis_v1_1x': 'gumbel-focal_retinanet_r50_fpn_rfs-1x_lvis-v1.py',
 }
 PAPER_CONFIGS: dict[str, Path] = {k: CONFIG_DIR / f for k, f in _FILES.items()}
 
-def _info(description, row, baseline, paper, study=None):
-    return PresetInfo(description=description, study=study, row=row, baseline=baseline, paper=paper, engine='mmdet')
+def _info(description, row, baseline, paper, study=None, note=''):
+    return PresetInfo(description=description, study=study, row=row, baseline=baseline, paper=paper, engine='mmdet',
+                      note=note)
+
+_RETINA_ZOO_AP = 36.5  # mmdet model zoo, configs/retinanet/metafile.yml: retinanet_r50_fpn_1x_coco, box AP
 
 PAPER_CONFIG_INFO: dict[str, PresetInfo] = {
     'mmdet_gol_r50_lvis_v1_2x': _info('GOL, Mask R-CNN R50-FPN, 2x, RFS, LVIS v1 (mmdetection)', 'GOL R50 (v1)', False,
@@ -191,7 +263,46 @@ PAPER_CONFIG_INFO: dict[str, PresetInfo] = {
                                        'HTC R101 Softmax', True, dict(AP=19.9), 'backbones'),
     'mmdet_gumbel_htc_r101_1x': _info('Gumbel (C+1), HTC R101-FPN (no semantic branch), 1x, random sampler',
                                       'HTC R101 Gumbel', False, dict(AP=23.3), 'backbones'),
+    'mmdet_sigmoid_focal_retinanet_r50_coco_1x': _info(
+        'Sigmoid focal loss (mmdet), RetinaNet R50-FPN, 1x, COCO: the reference of section 6', 'RetinaNet focal (COCO)',
+        True, dict(AP=_RETINA_ZOO_AP, APb=_RETINA_ZOO_AP), 'dense',
+        "box AP from mmdet's model zoo (retinanet_r50_fpn_1x_coco, configs/retinanet/metafile.yml); the paper gives "
+        "no figure of its own reference; AP is box AP (no masks)"),
+    'mmdet_gumbel_focal_retinanet_r50_coco_1x': _info(
+        'Gumbel focal loss, RetinaNet R50-FPN, 1x, COCO (section 6: +0.4 AP)', 'RetinaNet Gumbel focal (COCO)', False,
+        dict(AP=round(_RETINA_ZOO_AP + 0.4, 1), APb=round(_RETINA_ZOO_AP + 0.4, 1)), 'dense',
+        "the paper (section 6) reports only '+0.4 AP' over its sigmoid focal RetinaNet (COCO, 1x), no absolute "
+        "figure: shown as mmdet's zoo reference + 0.4; AP is box AP"),
+    'mmdet_sigmoid_focal_retinanet_r50_lvis_v1_1x': _info(
+        'Sigmoid focal loss (mmdet), RetinaNet R50-FPN, 1x, RFS, LVIS v1', 'RetinaNet focal (LVIS)', True, None,
+        'dense',
+        'not in the paper: the dense-detection claim probed on LVIS; AP, APr, APc, APf are box AP'),
+    'mmdet_gumbel_focal_retinanet_r50_lvis_v1_1x': _info(
+        'Gumbel focal loss, RetinaNet R50-FPN, 1x, RFS, LVIS v1', 'RetinaNet Gumbel focal (LVIS)', False, None, 'dense',
+        'not in the paper: the dense-detection claim probed on LVIS; AP, APr, APc, APf are box AP'),
 }
+
+# %% ../nbs/08_mmdet_plugin.ipynb #fdda2019
+BASELINE_CONFIGS: dict[str, Path] = {
+    'mmdet_seesaw_r50_lvis_v1_2x': CONFIG_DIR / 'seesaw_mask-rcnn_r50_fpn_rfs-2x_lvis-v1.py',
+    'mmdet_eqlv2_r50_lvis_v1_2x': CONFIG_DIR / 'eqlv2_mask-rcnn_r50_fpn_rfs-2x_lvis-v1.py',
+}
+BASELINE_CONFIG_INFO: dict[str, PresetInfo] = {
+    'mmdet_seesaw_r50_lvis_v1_2x': _info(
+        "Seesaw loss (mmdet's, normalised classifier and mask head), Mask R-CNN R50-FPN, 2x, RFS, LVIS v1",
+        'Seesaw R50', False, dict(AP=26.8, APb=27.6), 'baselines',
+        "published: mmdet's model zoo, configs/seesaw_loss/metafile.yml, "
+        "mask-rcnn_r50_fpn_sample1e-3_seesaw_loss_normed_mask_mstrain_2x_lvis_v1: mask AP 26.8, box AP 27.6 (26.4 "
+        "without the normalised mask head, the figure the GOL paper's Table 3 quotes); APr, APc, APf not published"),
+    'mmdet_eqlv2_r50_lvis_v1_2x': _info(
+        "EQLv2 (gol_nb's), Mask R-CNN R50-FPN, 2x, RFS, LVIS v1, in GOL's config", 'EQLv2 R50', False,
+        dict(AP=25.5), 'baselines',
+        "published: mask AP 25.5 for R50 2x on LVIS v1 (Tan et al., CVPR 2021, as the GOL paper's Table 3 quotes it); "
+        "the EQLv2 repository's own model (tztztztztz/eqlv2 README) is 1x with a random sampler: 23.7 / 14.9 / 22.8 / "
+        "28.6 (AP / APr / APc / APf), box AP 24.2. Here trained in GOL's setting (RFS, normalised mask head, NMS 0.3)"),
+}
+MMDET_CONFIGS: dict[str, Path] = {**PAPER_CONFIGS, **BASELINE_CONFIGS}  # every config the package ships, by name
+MMDET_CONFIG_INFO: dict[str, PresetInfo] = {**PAPER_CONFIG_INFO, **BASELINE_CONFIG_INFO}
 
 # %% ../nbs/08_mmdet_plugin.ipynb #f2a4f33f
 def _heads(head_cfg) -> list:
@@ -203,14 +314,15 @@ def set_classes(model_cfg: dict,               # a config's `model` (changed in 
                 ann_file: str | None = None,   # training annotations of the class-statistics losses
                 lambda_: float | str | None = None # their frequency threshold (a number or 'rare'); None: unchanged
                ) -> dict:
-    "Set C in every box head, mask head and gol_nb loss of `model_cfg`, and the class statistics' file and lambda."
-    roi = model_cfg['roi_head']
-    for h in _heads(roi.get('bbox_head')) + _heads(roi.get('mask_head')):
+    "Set C in every head (box, mask, dense) and loss of `model_cfg`, and the class statistics' file and lambda."
+    roi = model_cfg.get('roi_head') or {}
+    heads = _heads(roi.get('bbox_head')) + _heads(roi.get('mask_head')) + _heads(model_cfg.get('bbox_head'))
+    for h in heads:
         h['num_classes'] = num_classes
         loss = h.get('loss_cls')
-        if loss is not None and loss.get('type') in MMDET_NAMES.values():
-            loss['num_classes'] = num_classes
-            if loss['type'] in CLASS_STATS_TYPES:
+        if loss is not None and ('num_classes' in loss or loss.get('type') in MMDET_NAMES.values()):
+            loss['num_classes'] = num_classes  # gol_nb's losses, mmdet's SeesawLoss
+            if loss.get('type') in CLASS_STATS_TYPES:
                 if ann_file is not None: loss['ann_file'] = str(ann_file)
                 if lambda_ is not None: loss['lambda_'] = lambda_
     return model_cfg

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08a_mmdet_runner.ipynb #85b98ec2
 from __future__ import annotations
-import dataclasses, os, time
+import contextlib, dataclasses, io, logging, os, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Union
@@ -20,20 +20,24 @@ from .engine import (RunConfig, check_run_config, apply_overrides, load_config, 
                            prepare_run, save_checkpoint, RunGuard, RunInterrupted, init_distributed,
                            cleanup_distributed, barrier, launch_run, scaled_lr, JSONLLogger, atomic_write_json,
                            atomic_write_text, trainer_parser, parse_trainer_args, run_trainer_cli, rng_state,
-                           set_rng_state, require_devices)
+                           set_rng_state, require_devices, NonFiniteError)
 from .data import load_lvis, check_train_val, DataSource, resolve_data
-from .mmdet_plugin import PAPER_CONFIGS, PAPER_CONFIG_INFO, set_classes
+from .data.synthetic import DATA_KEYS
+from .losses import LOSSES
+from .data.dataset import image_path
+from .mmdet_plugin import MMDET_CONFIGS, MMDET_CONFIG_INFO, CONFIG_DIR, set_classes
 
 # %% auto #0
-__all__ = ['SMOKE_OVERRIDES', 'MMDetConfig', 'config_path', 'check_mmdet_config', 'get_mmdet_config', 'runner_config',
-           'backbone_weights', 'GolOptimWrapper', 'GolEpochBasedTrainLoop', 'mmengine_checkpoint', 'GolRunHook',
-           'train', 'run_mmdet', 'main']
+__all__ = ['SMOKE_OVERRIDES', 'MMDetConfig', 'config_path', 'check_mmdet_config', 'get_mmdet_config', 'load_config_file',
+           'check_options', 'is_package_config', 'uses_own_data', 'check_own_data', 'coco_annotations', 'runner_config',
+           'check_run', 'backbone_weights', 'GolOptimWrapper', 'GolEpochBasedTrainLoop', 'nonfinite_forward',
+           'mmengine_checkpoint', 'GolRunHook', 'build_runner', 'headline_metrics', 'train', 'run_mmdet', 'main']
 
 # %% ../nbs/08a_mmdet_runner.ipynb #6d7fcefc
 @dataclass
 class MMDetConfig(DataSource, RunConfig):
     "Every setting of an mmdetection run: which config, on which data, what it changes, and the run's bookkeeping."
-    config: str = 'mmdet_gol_r50_lvis_v1_2x' # a PAPER_CONFIGS name or an mmdet config file (.py)
+    config: str = 'mmdet_gol_r50_lvis_v1_2x' # an MMDET_CONFIGS name or an mmdet config file (.py)
     options: dict = field(default_factory=dict) # mmengine keys (dotted) set last, e.g. {'train_cfg.val_begin': 2}
     # data: the paths and synth_* keys of DataSource ('' paths: the synthetic set, generated on first use)
     train_scales: list = field(default_factory=list) # training short sides ([]: the config's; synthetic: image side)
@@ -71,13 +75,13 @@ class MMDetConfig(DataSource, RunConfig):
 
     def __post_init__(self): check_mmdet_config(self)
 
-def config_path(name_or_path: str # a PAPER_CONFIGS name or an mmdet config file
+def config_path(name_or_path: str # an MMDET_CONFIGS name or an mmdet config file
                ) -> Path:
-    "The config file of a paper config name, or the given file."
-    if name_or_path in PAPER_CONFIGS: return PAPER_CONFIGS[name_or_path]
+    "The config file of a package config name, or the given file."
+    if name_or_path in MMDET_CONFIGS: return MMDET_CONFIGS[name_or_path]
     if name_or_path.endswith('.py') and os.path.isfile(name_or_path): return Path(name_or_path)
-    raise ValueError(f"config field 'config': {name_or_path!r} is neither a paper config ({', '.join(PAPER_CONFIGS)}) "
-                     "nor an existing mmdet config file (.py)")
+    raise ValueError(f"config field 'config': {name_or_path!r} is neither a package config "
+                     f"({', '.join(MMDET_CONFIGS)}) nor an existing mmdet config file (.py)")
 
 def check_mmdet_config(cfg: MMDetConfig) -> MMDetConfig:
     "Raise a ValueError naming the first field out of range."
@@ -108,7 +112,7 @@ def check_mmdet_config(cfg: MMDetConfig) -> MMDetConfig:
     return cfg
 
 # %% ../nbs/08a_mmdet_runner.ipynb #08382418
-def get_mmdet_config(name_or_path: str | None = None, # a PAPER_CONFIGS name, an mmdet .py config, or a config.yaml
+def get_mmdet_config(name_or_path: str | None = None, # an MMDET_CONFIGS name, an mmdet .py config, or a config.yaml
                      overrides: list[str] | dict | None = None # ['epochs=1', 'optim_wrapper.optimizer.lr=0.01']
                     ) -> MMDetConfig:
     "An MMDetConfig from a paper config name, an mmdet config file or a saved config.yaml, with overrides applied."
@@ -128,10 +132,160 @@ def get_mmdet_config(name_or_path: str | None = None, # a PAPER_CONFIGS name, an
     return check_mmdet_config(cfg)
 
 # %% ../nbs/08a_mmdet_runner.ipynb #18a884f4
+def load_config_file(path: str | os.PathLike # an mmdet config file (.py)
+                    ) -> Config:
+    "The merged mmengine config of `path`, or a ValueError naming the file (and line) and what is wrong."
+    try: return Config.fromfile(str(path))
+    except SyntaxError as e:
+        err = e.__context__ if isinstance(e.__context__, SyntaxError) else e
+        where = f"line {err.lineno}" if err.lineno else 'somewhere'
+        raise ValueError(f"mmdet config {path}: Python syntax error at {where} ({err.msg}); "
+                         "expected a valid mmengine .py config") from None
+    except (FileNotFoundError, OSError, KeyError, ImportError, NameError, TypeError, ValueError) as e:
+        raise ValueError(f"mmdet config {path}: cannot be read ({type(e).__name__}: {e})") from None
+
+def _kind(v) -> str:
+    "The kind of a config value an option must match."
+    if isinstance(v, bool): return 'bool'
+    if isinstance(v, (int, float)): return 'number'
+    if isinstance(v, str): return 'str'
+    if isinstance(v, (list, tuple)): return 'list'
+    if isinstance(v, dict): return 'dict'
+    return type(v).__name__
+
+def _init_args(cls: type) -> tuple[set, bool]:
+    "(the keyword arguments `cls(...)` takes, following **kwargs up its bases; whether any keyword is taken)."
+    import inspect
+    names = set()
+    for c in cls.__mro__[:-1]:  # object's own __init__ takes nothing
+        if '__init__' not in c.__dict__: continue
+        params = inspect.signature(c.__dict__['__init__']).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params): return names, False
+    return names, True
+
+def _builder_accepts(node: dict, key: str) -> bool:
+    "Whether the class named by `node['type']` (in mmdet's or mmengine's registries) takes the argument `key`."
+    if key in ('_delete_', 'constructor', 'paramwise_cfg', '_scope_'): return True  # read by mmengine's builders
+    if not isinstance(node.get('type'), str): return False
+    import mmdet.registry as R
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    regs = [getattr(R, n) for n in dir(R) if n.isupper() and hasattr(getattr(R, n), 'get')]
+    cls = next((c for c in (r.get(node['type']) for r in regs) if c is not None), None)
+    if cls is None: return True  # a type no registry here knows: mmengine builds it, not ours to judge
+    names, open_ = _init_args(cls)
+    if getattr(cls, 'loss_name', None) in LOSSES:  # a gol_nb loss in an mmdet head: its **kwargs are the loss's
+        more, open_ = _init_args(LOSSES[cls.loss_name])
+        names |= more
+    return open_ or key in names
+
+def check_options(mc: Config,       # the merged config the options apply to
+                  options: dict,    # {'model.roi_head.bbox_head.num_classes': 3, ...}
+                  source: str,      # the config file (named in errors)
+                 ) -> None:
+    "Raise a ValueError naming the option when its key is not in the config or its value has another kind."
+    for key, value in options.items():
+        node, path = mc.to_dict(), []
+        for part in key.split('.')[:-1]:
+            if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node): node = node[int(part)]
+            elif isinstance(node, dict) and part in node: node = node[part]
+            else:
+                have = sorted(node) if isinstance(node, dict) else f'{len(node)} list items'
+                raise ValueError(f"option '{key}': {source} has no '{part}' under '{'.'.join(path) or '(top)'}' "
+                                 f"(there: {have})")
+            path.append(part)
+        leaf = key.split('.')[-1]
+        if not isinstance(node, dict):
+            raise ValueError(f"option '{key}': '{'.'.join(path)}' in {source} is a {_kind(node)}, not a mapping")
+        if leaf not in node:
+            if _builder_accepts(node, leaf): continue
+            raise ValueError(f"option '{key}': {source} has no key '{leaf}' under '{'.'.join(path) or '(top)'}' "
+                             f"(there: {sorted(node)})")
+        old = node[leaf]
+        if old is not None and value is not None and _kind(old) != _kind(value):
+            raise ValueError(f"option '{key}': expected a {_kind(old)} like the config's value {old!r}, "
+                             f"got {_kind(value)} {value!r}")
+
+# %% ../nbs/08a_mmdet_runner.ipynb #cafb8efe
+def is_package_config(name_or_path: str # a config name or file
+                     ) -> bool:
+    "Whether `name_or_path` is one of the package's configs (by name, or a file of gol_nb/mmdet_configs)."
+    return name_or_path in MMDET_CONFIGS or Path(name_or_path).resolve().parent == CONFIG_DIR.resolve()
+
+def uses_own_data(cfg: MMDetConfig) -> bool:
+    "Whether the run keeps its config's own data: a user's config and no data paths given."
+    return not is_package_config(cfg.config) and not any(getattr(cfg, k) for k in DATA_KEYS)
+
 def _dataset(loader_cfg: dict) -> dict:
-    "The LVIS dataset of a dataloader config (inside mmdet's repeat-factor wrapper when there is one)."
+    "The innermost dataset of a dataloader config (inside mmdet's wrappers, e.g. the repeat-factor one)."
     ds = loader_cfg['dataset']
-    return ds['dataset'] if ds.get('type') == 'ClassBalancedDataset' else ds
+    while isinstance(ds.get('dataset'), dict): ds = ds['dataset']
+    return ds
+
+def _ann_path(ann_file: str, data_root: str | None) -> str:
+    return ann_file if not data_root or os.path.isabs(ann_file) else os.path.join(data_root, ann_file)
+
+def check_own_data(mc: Config, # a user's config, merged
+                   source: str # its file (named in errors)
+                  ) -> None:
+    "Raise a ValueError naming the config's dataloader or evaluator whose annotation file does not exist."
+    hint = ("give the files the config names, or the run's data paths (train_ann, train_images, val_ann, "
+            "val_images), or use one of the package's configs for the synthetic set")
+    for loader in ('train_dataloader', 'val_dataloader'):
+        if not isinstance(mc.get(loader), dict) or not isinstance(mc[loader].get('dataset'), dict):
+            raise ValueError(f"mmdet config {source}: no {loader} with a dataset: {hint}")
+        ds = _dataset(mc[loader])
+        if 'ann_file' in ds and not os.path.isfile(_ann_path(ds['ann_file'], ds.get('data_root'))):
+            raise ValueError(f"mmdet config {source}: {loader}'s annotation file "
+                             f"{_ann_path(ds['ann_file'], ds.get('data_root'))} does not exist: {hint}")
+    ev = mc.get('val_evaluator')
+    for e in ev if isinstance(ev, (list, tuple)) else [ev] if ev else []:
+        if isinstance(e, dict) and e.get('ann_file') and not os.path.isfile(e['ann_file']):
+            raise ValueError(f"mmdet config {source}: val_evaluator's annotation file {e['ann_file']} does not exist: "
+                             f"{hint}")
+
+# %% ../nbs/08a_mmdet_runner.ipynb #f9fa205a
+def coco_annotations(ann_file: str,       # an LVIS- or COCO-format annotation file
+                     images: str,         # its image folder
+                     out: str | os.PathLike, # where a converted copy goes
+                     max_images: int = 0, # keep the first N images (0: all)
+                    ) -> str:
+    "A COCO-format file for mmdet's CocoDataset and CocoMetric: `ann_file` itself, or a copy with file_name/iscrowd."
+    lv = load_lvis(ann_file)
+    if not max_images and all('file_name' in im for im in lv['images']) and \
+            all('iscrowd' in a for a in lv['annotations']): return str(ann_file)
+    ims = lv['images'][:max_images] if max_images else lv['images']
+    keep = {im['id'] for im in ims}
+    coco = dict(images=[dict(id=im['id'], width=im['width'], height=im['height'],
+                             file_name=os.path.relpath(image_path(im, images), images)) for im in ims],
+                annotations=[dict(a, iscrowd=a.get('iscrowd', 0)) for a in lv['annotations'] if a['image_id'] in keep],
+                categories=[dict(id=c['id'], name=c['name'], supercategory=c.get('supercategory', ''))
+                            for c in lv['categories']])
+    atomic_write_json(out, coco)
+    return str(out)
+
+def _is_coco(mc: Config) -> bool:
+    "Whether a config reads its data with mmdet's CocoDataset (and evaluates with CocoMetric)."
+    return _dataset(mc.train_dataloader).get('type') == 'CocoDataset'
+
+def _set_data(mc: Config, cfg: MMDetConfig, data: dict):
+    "Point the dataloaders, the class counts and the evaluator of a config at the run's data."
+    names = tuple(c['name'] for c in sorted(load_lvis(data['train_ann'])['categories'], key=lambda c: c['id']))
+    set_classes(mc.model, len(names), data['train_ann'], cfg.lambda_)
+    for loader, split in (('train_dataloader', 'train'), ('val_dataloader', 'val')):
+        ds = _dataset(mc[loader])
+        ds.update(data_root='', ann_file=str(Path(data[f'{split}_ann']).resolve()),
+                  data_prefix=dict(img=str(Path(data[f'{split}_images']).resolve())))
+        if _is_coco(mc): ds['metainfo'] = dict(classes=names)  # CocoDataset's default is COCO's 80 names
+    if cfg.max_val_images: _dataset(mc.val_dataloader)['indices'] = cfg.max_val_images
+    if _is_coco(mc):
+        mc.val_evaluator = dict(mc.val_evaluator, ann_file=_dataset(mc.val_dataloader)['ann_file'])
+    else:
+        iou_type = mc.val_evaluator.get('iou_type', 'segm') if isinstance(mc.val_evaluator, dict) else 'segm'
+        mc.val_evaluator = dict(type='GolLVISMetric', ann_file=str(Path(data['val_ann']).resolve()), iou_type=iou_type,
+                                backend=cfg.eval_backend, max_images=cfg.max_val_images)
+    mc.test_dataloader, mc.test_evaluator = mc.val_dataloader, mc.val_evaluator
 
 def _set_scales(pipeline: list, scales: list | None, max_size: int | None):
     "Short sides (and the long-side cap) of the resize step of a pipeline."
@@ -144,8 +298,21 @@ def _set_scales(pipeline: list, scales: list | None, max_size: int | None):
             long, short = max(t['scale']), min(t['scale'])
             t['scale'] = (max_size or long, scales[-1] if scales else short)
 
+def _set_model_sizes(model: dict, cfg: MMDetConfig):
+    "RoIs per image, proposals and detections per image (two-stage models; a dense head has only the last)."
+    train, test = model.get('train_cfg') or {}, model.get('test_cfg') or {}
+    if cfg.rois_per_image and 'rcnn' in train:
+        for stage in train.rcnn if isinstance(train.rcnn, list) else [train.rcnn]:
+            stage.sampler.num = cfg.rois_per_image
+    if cfg.rpn_post_nms_train and 'rpn_proposal' in train: train.rpn_proposal.max_per_img = cfg.rpn_post_nms_train
+    if cfg.rpn_post_nms_test and 'rpn' in test: test.rpn.max_per_img = cfg.rpn_post_nms_test
+    if cfg.detections_per_img: (test.rcnn if 'rcnn' in test else test).max_per_img = cfg.detections_per_img
+
 def _set_schedule(mc: Config, cfg: MMDetConfig):
     "Epochs, lr milestones, warm-up and the evaluation interval."
+    if 'max_epochs' not in mc.train_cfg:
+        raise ValueError(f"config {cfg.config}: train_cfg has no max_epochs: gol_nb's runner trains epoch-based "
+                         "configs (EpochBasedTrainLoop)")
     old = mc.train_cfg['max_epochs']
     epochs = cfg.epochs or old
     mc.train_cfg.update(type='GolEpochBasedTrainLoop', max_epochs=epochs, max_iters=cfg.max_iters,
@@ -162,43 +329,8 @@ def _set_schedule(mc: Config, cfg: MMDetConfig):
         schedulers.append(s)
     mc.param_scheduler = schedulers
 
-def runner_config(cfg: MMDetConfig,     # the run's config
-                  data: dict,           # train_ann, train_images, val_ann, val_images (see `resolve_data`)
-                  world_size: int = 1,  # processes
-                  resume_from: str | None = None, # the checkpoint prepare_run chose (None: a fresh run)
-                 ) -> tuple[Config, str]:
-    "(the mmengine config of the run, the lr-scaling sentence)."
-    mc = Config.fromfile(config_path(cfg.config))
-    synthetic = not cfg.train_ann
-    C = len(load_lvis(data['train_ann'])['categories'])
-    set_classes(mc.model, C, data['train_ann'], cfg.lambda_)
-    for loader, split in (('train_dataloader', 'train'), ('val_dataloader', 'val')):
-        _dataset(mc[loader]).update(data_root='', ann_file=str(Path(data[f'{split}_ann']).resolve()),
-                                    data_prefix=dict(img=str(Path(data[f'{split}_images']).resolve())))
-    if cfg.max_val_images: _dataset(mc.val_dataloader)['indices'] = cfg.max_val_images
-    mc.test_dataloader = mc.val_dataloader
-    mc.val_evaluator = mc.test_evaluator = dict(type='GolLVISMetric', ann_file=str(Path(data['val_ann']).resolve()),
-                                               backend=cfg.eval_backend, max_images=cfg.max_val_images)
-    scales = cfg.train_scales or ([cfg.synth_image_size] if synthetic else None)
-    test = cfg.test_size or (cfg.synth_image_size if synthetic else None)
-    _set_scales(_dataset(mc.train_dataloader)['pipeline'], scales, cfg.max_size)
-    _set_scales(_dataset(mc.val_dataloader)['pipeline'], [test] if test else None, cfg.max_size)
-    if cfg.pretrained == 'none' or (cfg.pretrained == 'auto' and synthetic): mc.model.backbone.init_cfg = None
-    elif cfg.pretrained != 'auto': mc.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=cfg.pretrained)
-    if cfg.rois_per_image:
-        rcnn = mc.model.train_cfg.rcnn
-        for stage in rcnn if isinstance(rcnn, list) else [rcnn]: stage.sampler.num = cfg.rois_per_image
-    if cfg.rpn_post_nms_train: mc.model.train_cfg.rpn_proposal.max_per_img = cfg.rpn_post_nms_train
-    if cfg.rpn_post_nms_test: mc.model.test_cfg.rpn.max_per_img = cfg.rpn_post_nms_test
-    if cfg.detections_per_img: mc.model.test_cfg.rcnn.max_per_img = cfg.detections_per_img
-    _set_schedule(mc, cfg)
-    if cfg.batch_size: mc.train_dataloader.batch_size = cfg.batch_size
-    for loader in ('train_dataloader', 'val_dataloader'):
-        mc[loader].update(num_workers=cfg.num_workers, persistent_workers=False)  # fresh, seeded workers each epoch
-    mc.train_dataloader.sampler['seed'] = cfg.seed
-    lr, sentence = scaled_lr(cfg.base_lr or mc.optim_wrapper.optimizer.lr, mc.train_dataloader.batch_size * world_size,
-                             cfg.base_batch)
-    mc.optim_wrapper.optimizer.lr = lr
+def _set_machinery(mc: Config, cfg: MMDetConfig, world_size: int, resume_from: str | None):
+    "gol_nb's hooks, optimizer wrapper, seeds, work dir, launcher and resume point."
     if mc.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper': mc.optim_wrapper.type = 'GolOptimWrapper'
     mc.auto_scale_lr = dict(enable=False, base_batch_size=cfg.base_batch)
     mc.default_hooks.checkpoint = None
@@ -216,8 +348,44 @@ def runner_config(cfg: MMDetConfig,     # the run's config
     mc.env_cfg.dist_cfg = dict(backend='nccl' if cuda else 'gloo')
     if world_size > 1 and not cuda: mc.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None)
     mc.resume, mc.load_from = resume_from is not None, resume_from
+
+def runner_config(cfg: MMDetConfig,     # the run's config
+                  data: dict | None,    # train_ann, train_images, val_ann, val_images; None: the config's own data;
+                                        # {}: data left as they are (a check before the run: `check_run`)
+                  world_size: int = 1,  # processes
+                  resume_from: str | None = None, # the checkpoint prepare_run chose (None: a fresh run)
+                 ) -> tuple[Config, str]:
+    "(the mmengine config of the run, the lr-scaling sentence)."
+    source = config_path(cfg.config)
+    mc = load_config_file(source)
+    synthetic = bool(data) and not cfg.train_ann and is_package_config(cfg.config)
+    if data is None: check_own_data(mc, source)
+    elif data: _set_data(mc, cfg, data)
+    scales = cfg.train_scales or ([cfg.synth_image_size] if synthetic else None)
+    test = cfg.test_size or (cfg.synth_image_size if synthetic else None)
+    _set_scales(_dataset(mc.train_dataloader).get('pipeline', []), scales, cfg.max_size)
+    _set_scales(_dataset(mc.val_dataloader).get('pipeline', []), [test] if test else None, cfg.max_size)
+    if cfg.pretrained == 'none' or (cfg.pretrained == 'auto' and synthetic): mc.model.backbone.init_cfg = None
+    elif cfg.pretrained != 'auto': mc.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=cfg.pretrained)
+    _set_model_sizes(mc.model, cfg)
+    _set_schedule(mc, cfg)
+    if cfg.batch_size: mc.train_dataloader.batch_size = cfg.batch_size
+    for loader in ('train_dataloader', 'val_dataloader'):
+        mc[loader].update(num_workers=cfg.num_workers, persistent_workers=False)  # fresh, seeded workers each epoch
+    mc.train_dataloader.sampler['seed'] = cfg.seed
+    lr, sentence = scaled_lr(cfg.base_lr or mc.optim_wrapper.optimizer.lr, mc.train_dataloader.batch_size * world_size,
+                             cfg.base_batch)
+    mc.optim_wrapper.optimizer.lr = lr
+    _set_machinery(mc, cfg, world_size, resume_from)
+    check_options(mc, cfg.options, source)
     if cfg.options: mc.merge_from_dict(cfg.options)
     return mc, sentence
+
+def check_run(cfg: MMDetConfig, # the run's config
+              world_size: int = 1 # processes
+             ) -> None:
+    "Before a run starts: the config file reads, its own data exist (a user's config), the options fit it."
+    runner_config(cfg, None if uses_own_data(cfg) else {}, world_size)
 
 # %% ../nbs/08a_mmdet_runner.ipynb #2fa3462a
 def backbone_weights(model_cfg: dict # a config's `model` (its backbone's init_cfg is pointed at the local file)
@@ -260,7 +428,8 @@ class GolOptimWrapper(OptimWrapper):
     def step(self, **kwargs) -> None:
         if self.guard is None: return super().step(**kwargs)
         params = [p for g in self.optimizer.param_groups for p in g['params']]
-        self.guard.check(self.iteration, self._loss.detach(), params=params)
+        try: self.guard.check(self.iteration, self._loss.detach(), params=params)
+        except NonFiniteError as e: raise NonFiniteError(f"{e} (lr {self.get_lr()['lr'][0]:.4g})") from None
         super().step(**kwargs)
         self.guard.stepped(self.iteration, params)  # non-finite weights are reported before the next checkpoint
 
@@ -283,6 +452,13 @@ class GolEpochBasedTrainLoop(EpochBasedTrainLoop):
         self.runner.call_hook('after_train')
         return self.runner.model
 
+    def run_iter(self, idx: int, data_batch) -> None:
+        "mmengine's iteration; a loss that refuses NaN logits (weights blown up by the step before) names the step."
+        try: super().run_iter(idx, data_batch)
+        except ValueError as e:
+            if 'NaN' not in str(e) and 'Inf' not in str(e): raise
+            raise nonfinite_forward(self.runner, e) from None
+
     def run_epoch(self) -> None:
         self.runner.call_hook('before_train_epoch')
         self.runner.model.train()
@@ -295,6 +471,18 @@ class GolEpochBasedTrainLoop(EpochBasedTrainLoop):
             self.run_iter(idx, data_batch)
         self.runner.call_hook('after_train_epoch')
         self._epoch += 1
+
+def nonfinite_forward(runner: Runner,  # the training runner
+                      e: ValueError    # what the forward pass raised (a loss refusing NaN logits)
+                     ) -> NonFiniteError:
+    "A NonFiniteError naming the iteration, the lr and what to do, for a forward pass that met NaN or Inf."
+    it, lr = runner.iter + 1, runner.optim_wrapper.get_lr()['lr'][0]
+    guard, cause = GolOptimWrapper.guard, str(e)
+    try:
+        if guard is not None: guard.verify()  # the last step left non-finite weights: say so
+    except NonFiniteError as w: cause = f"{w}; then {e}"
+    hint = guard.hint if guard is not None else 'lower base_lr'
+    return NonFiniteError(f"iteration {it} (lr {lr:.4g}): {cause}" + ('' if hint in cause else f"; {hint}"))
 
 def _gather(obj):
     "Every rank's `obj` (a list, on every rank) in a multi-process run; `obj` itself otherwise."
@@ -363,6 +551,9 @@ class GolRunHook(Hook):
                    **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in (outputs or {}).items()},
                    'time': time.perf_counter() - self._t0}  # forward, backward and step (not data loading)
             self.run['logger'].log(rec)
+            if runner.rank == 0:  # mmengine's own log lines go to its log file only
+                print(f"iteration {it}, epoch {rec['epoch']:.2f}: loss {rec.get('loss', float('nan')):.4f}, "
+                      f"lr {rec['lr']:.4g}, {rec['time']:.2f} s/step", flush=True)
         if not isinstance(runner.optim_wrapper, GolOptimWrapper) and outputs is not None and 'loss' in outputs:
             guard.check(it, torch.as_tensor(outputs['loss']))  # other wrappers: checked after the step
         cap = getattr(runner.train_loop, 'iter_cap', 0)
@@ -379,42 +570,99 @@ class GolRunHook(Hook):
         self._due_at_epoch_end = False
 
 # %% ../nbs/08a_mmdet_runner.ipynb #0b25bb26
-def _data(cfg: MMDetConfig, rank: int) -> dict:
-    "The run's annotation and image paths (rank 0 makes the synthetic set first), val matched to train's categories."
-    checked = Path(cfg.output_dir) / 'val_annotations.json'
+def _data(cfg: MMDetConfig, rank: int, coco: bool) -> dict | None:
+    "The run's annotation and image paths (rank 0 makes them first); None: a user's config on its own data."
+    if uses_own_data(cfg): return None
+    out = Path(cfg.output_dir)
+    checked, cocos = out / 'val_annotations.json', {s: out / f'coco_{s}.json' for s in ('train', 'val')}
     if rank == 0:
         data = resolve_data(cfg)
         val = check_train_val(data['train_ann'], data['val_ann'])  # categories matched by id, training frequencies
         if val != load_lvis(data['val_ann']):  # (LVIS and the synthetic set: unchanged)
             atomic_write_json(checked, val); data['val_ann'] = str(checked)
+        if coco:  # mmdet's CocoDataset / CocoMetric read COCO files: LVIS-format data are converted once
+            for s, n in (('train', 0), ('val', cfg.max_val_images)):
+                data[f'{s}_ann'] = coco_annotations(data[f'{s}_ann'], data[f'{s}_images'], cocos[s], n)
     barrier()
     if rank == 0: return data
     data = resolve_data(cfg)
     if checked.is_file(): data['val_ann'] = str(checked)
+    for s in ('train', 'val') if coco else ():
+        if cocos[s].is_file(): data[f'{s}_ann'] = str(cocos[s])
     return data
+
+class _QuietRunner(Runner):
+    "mmengine's Runner whose console shows warnings only: its environment and config dump go to its log file."
+    def build_logger(self, *args, **kwargs):
+        logger = super().build_logger(*args, **kwargs)
+        for h in logger.handlers:
+            if not isinstance(h, logging.FileHandler): h.setLevel(max(h.level, logging.WARNING))
+        return logger
+
+def _quietly(logger, fn):
+    "Call `fn()`, its printed output (pycocotools' notes) appended to the run's log file instead of the console."
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf): out = fn()
+    if buf.getvalue().strip(): logger.info(buf.getvalue().rstrip())
+    return out
+
+def build_runner(mc: Config # the run's mmengine config
+                ) -> tuple[Runner, str]:
+    "(mmengine's Runner, the path of its log file): ~600 lines of environment and config go there, not to the console."
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf): runner = _QuietRunner.from_cfg(mc)
+    for h in runner.logger.handlers:  # created while stdout was redirected: point them back at the console
+        if type(h) is logging.StreamHandler: h.setStream(sys.stdout)
+    if buf.getvalue().strip(): runner.logger.info(buf.getvalue().rstrip())
+    # the loops (and their data sets) are built on first use; built here, pycocotools' notes go to the log file
+    _quietly(runner.logger, lambda: (runner.train_loop, runner.val_loop))
+    log = next((h.baseFilename for h in runner.logger.handlers if isinstance(h, logging.FileHandler)), '')
+    return runner, log
+
+def headline_metrics(metrics: dict # an mmengine evaluator's output ('lvis/AP', 'coco/bbox_mAP', ...)
+                    ) -> dict:
+    "The metrics without their prefixes, AP / APr / APc / APf / APb first (COCO's box mAP as AP and APb)."
+    m = {k.split('/', 1)[-1]: float(v) for k, v in metrics.items()}
+    if not m:  # mmdet's CocoMetric returns nothing when no val image got a detection (above the score threshold)
+        print("evaluation: no detection on any val image above the config's score threshold: AP 0", flush=True)
+        m = dict(bbox_mAP=0.0)
+    if 'AP' not in m and 'bbox_mAP' in m:  # mmdet's CocoMetric: box AP only
+        sizes = {f'AP{s}': m[f'bbox_mAP_{s}'] for s in ('50', '75', 's', 'm', 'l') if f'bbox_mAP_{s}' in m}
+        m.update(AP=m['bbox_mAP'], APb=m['bbox_mAP'], **sizes)
+    return {k: m[k] for k in ('AP', 'APr', 'APc', 'APf', 'APb') if k in m} | m
+
+def _describe(cfg: MMDetConfig, mc: Config, data: dict | None, log: str) -> str:
+    "One line on what the run trains, on what, and where mmengine's full log is."
+    what = ('the data the config names' if data is None else 'the synthetic set' if not cfg.train_ann
+            else f"{cfg.train_ann} / {cfg.val_ann}")
+    cap = f", at most {cfg.max_iters} iterations" if cfg.max_iters else ''
+    return (f"mmdet: {cfg.config} ({mc.model.type}) on {what}, {mc.train_cfg.max_epochs} epochs{cap}; "
+            f"mmengine's log (environment, config, every logged line): {log}")
 
 def train(cfg: MMDetConfig # the run's config
          ) -> dict:
     "Train and evaluate `cfg` in this process (one rank under torchrun); return the metrics."
     check_mmdet_config(cfg)
     if cfg.device == 'cpu': os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # mmengine takes any GPU it sees
+    coco = _is_coco(load_config_file(config_path(cfg.config)))
     info = init_distributed(cfg.device, timeout=cfg.hang_timeout)
     try:
+        check_run(cfg, info.world_size)  # the config file, its own data, the options: before the run folder changes
         state = prepare_run(cfg, info.world_size, info.rank)
-        data = _data(cfg, info.rank)
+        data = _data(cfg, info.rank, coco)
         mc, sentence = runner_config(cfg, data, info.world_size, str(state.path) if state.resumed else None)
         state.checkpoint = None  # mmengine reads the file itself when it resumes
         if info.rank == 0: weights = backbone_weights(mc.model)  # rank 0 downloads, the others find the file
         barrier()
         if info.rank != 0: weights = backbone_weights(mc.model)
-        runner = Runner.from_cfg(mc)
+        runner, log = build_runner(mc)
         logger = JSONLLogger(Path(cfg.output_dir) / 'log.jsonl')
         state.commit(cfg, logger, info.rank, {'backbone_weights': weights})
         if info.rank == 0:
             total = mc.train_dataloader.batch_size * info.world_size
             logger.log({'event': 'lr_scaling', 'lr': mc.optim_wrapper.optimizer.lr, 'total_batch': total,
                         'base_batch': cfg.base_batch, 'why': sentence})
-            print(sentence, flush=True)
+            print(_describe(cfg, mc, data, log), sentence, sep='\n', flush=True)
         hook = next(h for h in runner.hooks if isinstance(h, GolRunHook))
         with RunGuard(cfg, info, hint='lower base_lr, or set options with optim_wrapper.clip_grad') as guard:
             hook.run = dict(guard=guard, run_dir=cfg.output_dir, config=config_to_dict(cfg), world_size=info.world_size,
@@ -422,14 +670,13 @@ def train(cfg: MMDetConfig # the run's config
             GolOptimWrapper.guard = guard
             try: runner.train()
             finally: GolOptimWrapper.guard = None
-            with guard.phase('eval'): metrics = runner.val_loop.run()
-        metrics = {k.split('/', 1)[-1]: float(v) for k, v in metrics.items()}
-        metrics = {k: metrics[k] for k in ('AP', 'APr', 'APc', 'APf', 'APb')} | metrics
+            with guard.phase('eval'): metrics = _quietly(runner.logger, runner.val_loop.run)
+        metrics = headline_metrics(metrics)
         metrics.update(iterations=runner.iter, epochs=runner.epoch)
         if info.rank == 0:  # the torchvision trainer's files and record
             out = Path(cfg.output_dir)
-            table = runner.val_loop.evaluator.metrics[0].per_class
-            atomic_write_text(out / 'per_class_ap.csv', table.to_csv(index=False))
+            table = getattr(runner.val_loop.evaluator.metrics[0], 'per_class', None)  # gol_nb's evaluator's table
+            if table is not None: atomic_write_text(out / 'per_class_ap.csv', table.to_csv(index=False))
             atomic_write_json(out / 'metrics.json', metrics)
             logger.log({'iteration': runner.iter, 'epoch': runner.epoch, **{f'val/{k}': v for k, v in metrics.items()}})
         barrier()
@@ -449,7 +696,7 @@ def _launch(cfg: MMDetConfig, nproc: int, env: dict | None = None) -> dict:
     if cfg.device == 'cpu': env.setdefault('CUDA_VISIBLE_DEVICES', '')
     return launch_run(cfg, 'gol_nb.mmdet_runner', nproc, env=env)
 
-def run_mmdet(config: str,                 # a PAPER_CONFIGS name, an mmdet config file or a run's config.yaml
+def run_mmdet(config: str,                 # an MMDET_CONFIGS name, an mmdet config file or a run's config.yaml
               overrides: list[str] | dict | None = None, # ['output_dir=runs/x', 'epochs=1', 'model.rpn_head...=']
               nproc: int = 1,              # processes (GPUs; with device=cpu, CPU processes)
               env: dict | None = None,     # extra environment of the torchrun processes
@@ -458,6 +705,7 @@ def run_mmdet(config: str,                 # a PAPER_CONFIGS name, an mmdet conf
     cfg = get_mmdet_config(config, overrides)
     if nproc > 1 and 'LOCAL_RANK' not in os.environ:
         require_devices(nproc, cfg.device)             # GPUs asked for and missing: fail now, not in the ranks
+        check_run(cfg, nproc)                          # the config file, its data, the options: likewise
         prepare_run(cfg, world_size=nproc, dry=True)   # another run in output_dir, a refused resume: likewise
         return _launch(cfg, nproc, env)
     return train(cfg)
@@ -465,15 +713,16 @@ def run_mmdet(config: str,                 # a PAPER_CONFIGS name, an mmdet conf
 def main(argv: list[str] | None = None # command-line arguments without `--engine mmdet` (default: sys.argv[1:])
         ):
     "gol-train --engine mmdet: train and evaluate an mmdetection config."
-    p = trainer_parser('gol-train --engine mmdet', 'Train and evaluate an mmdetection config (the paper\'s, or an '
-                       'mmdet .py file) with a gol_nb loss, on the synthetic LVIS set unless annotation files are '
-                       'given.',
+    p = trainer_parser('gol-train --engine mmdet', 'Train and evaluate an mmdetection config (the package\'s, or '
+                       'an mmdet .py file of your own): a package config on the synthetic LVIS set unless annotation '
+                       'files are given, your own config on the data it names.',
                        MMDetConfig)
-    cfg, a = parse_trainer_args(p, argv, get_mmdet_config, {k: v.description for k, v in PAPER_CONFIG_INFO.items()})
-    def preflight(cfg, nproc): prepare_run(cfg, world_size=nproc, dry=True)
+    cfg, a = parse_trainer_args(p, argv, get_mmdet_config, {k: v.description for k, v in MMDET_CONFIG_INFO.items()})
+    def preflight(cfg, nproc): check_run(cfg, nproc); prepare_run(cfg, world_size=nproc, dry=True)
     def run(cfg, nproc): return _launch(cfg, nproc) if nproc > 1 and 'LOCAL_RANK' not in os.environ else train(cfg)
     metrics = run_trainer_cli(p, a, cfg, preflight, run)
-    if metrics: print({k: round(metrics[k], 4) for k in ('AP', 'APr', 'APc', 'APf', 'APb')}, flush=True)
+    if metrics: print({k: round(v, 4) for k, v in metrics.items() if k in ('AP', 'APr', 'APc', 'APf', 'APb')},
+                      flush=True)
 
 # %% ../nbs/08a_mmdet_runner.ipynb #6a88e65c
 if __name__ == '__main__' and '__file__' in globals(): main()
