@@ -10,6 +10,10 @@ import torch
 # mmdet's FasterCocoMetric module warns at import (when mmdet registers its modules) that faster_coco_eval is missing
 # and "metrics will not be computed": true of that one metric only, which no gol_nb config uses (they evaluate with
 # GolLVISMetric or mmdet's CocoMetric, on pycocotools). That one warning is silenced, from that one module.
+try: import mmengine, mmdet  # the optional mmdetection engine (`make mmdet`): say so plainly where it is missing
+except ImportError as e:
+    from .detection.train import MMDET_MISSING
+    raise ImportError(f"{__name__}: {MMDET_MISSING} ({e})", name=e.name) from None
 warnings.filterwarnings('ignore', message='faster_coco_eval is not installed', category=UserWarning,
                         module=r'mmdet\.evaluation\.metrics\.faster_coco_metric')
 from mmdet.registry import MODELS, DATASETS, METRICS

@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import ClassVar, Union
 import torch
 import yaml
+try: import mmengine, mmdet  # the optional mmdetection engine (`make mmdet`): say so plainly where it is missing
+except ImportError as e:
+    from .detection.train import MMDET_MISSING
+    raise ImportError(f"{__name__}: {MMDET_MISSING} ({e})", name=e.name) from None
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper

@@ -425,6 +425,12 @@ def test_engine_mmdet_without_mmdetection_says_how_to_install(monkeypatch):
             "gol_nb.classification.train")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-1500:]  # everything but the mmdetection engine imports without it
+    for module in ('gol_nb.mmdet_plugin', 'gol_nb.mmdet_runner'):  # and the engine itself says how to get it
+        code = f"import sys; sys.modules.update(mmdet=None, mmcv=None, mmengine=None); import {module}"
+        r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode != 0 and last.startswith(f'ImportError: {module}: the mmdetection engine is not installed: '
+                                                     'run `make mmdet`'), r.stderr[-1500:]
 
 
 def test_a_diverging_run_warns_once_naming_base_lr_and_grad_clip(data_root, tmp_path, capsys):
