@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_evaluate.ipynb #7fd5b56d
 from __future__ import annotations
-import contextlib, functools, gc, io, json, logging, math, os, tempfile, warnings
+import contextlib, functools, gc, io, itertools, json, logging, math, operator, os, tempfile, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -121,24 +121,39 @@ def _finite(x) -> bool:
 
 def _counts_bytes(c) -> bytes: return c.encode() if isinstance(c, str) else bytes(c)
 
+_INT = {int, np.int64, np.int32} # the types an id may have (not bool)
+_NUM = _INT | {float, np.float64, np.float32} # the types a score or coordinate may have
+
+def _column(recs: list, key: str) -> list: return list(map(operator.itemgetter(key), recs))
+def _only(values: list, types: set) -> bool: return set(map(type, values)) <= types
+
+def _number_rows(rows: list, width: int, types: set) -> Optional[np.ndarray]:
+    "(N, width) array of `rows` (lists of `width` numbers of `types`), None when some row is not one."
+    if not (_only(rows, {list, tuple}) and set(map(len, rows)) <= {width}): return None
+    flat = list(itertools.chain.from_iterable(rows))
+    return np.array(flat, np.float64 if float in types else np.int64).reshape(len(rows), width) \
+        if _only(flat, types) else None
+
 def _from_records_fast(recs: list, masks: bool) -> Detections | None:
-    "Column-wise conversion; None when some record needs the one-by-one reading."
+    "Column-wise conversion, types checked a column at a time; None when some record needs the one-by-one reading."
     try:
-        img = np.array([d['image_id'] for d in recs]); cat = np.array([d['category_id'] for d in recs])
-        score = np.array([d['score'] for d in recs])
-        has_box = ['bbox' in d for d in recs]
-        box = np.array([d['bbox'] for d in recs]) if all(has_box) else None
-        if masks:
-            segs = [d['segmentation'] for d in recs]
-            size = np.array([s['size'] for s in segs]); counts = [s['counts'] for s in segs]
-    except (KeyError, TypeError, ValueError): return None  # a non-dict, a missing field, ragged boxes
-    n = len(recs)
-    if img.dtype.kind not in 'iu' or cat.dtype.kind not in 'iu' or score.dtype.kind not in 'iuf': return None
-    if box is None and (not masks or any(has_box)): return None
-    if box is not None and (box.dtype.kind not in 'iuf' or box.shape != (n, 4)): return None
+        img, cat, score = _column(recs, 'image_id'), _column(recs, 'category_id'), _column(recs, 'score')
+        boxes = list(map(operator.methodcaller('get', 'bbox'), recs))
+        segs = _column(recs, 'segmentation') if masks else None
+    except (KeyError, TypeError, AttributeError): return None  # a non-dict record, a missing field
+    if not (_only(img, _INT) and _only(cat, _INT) and _only(score, _NUM)): return None
+    n, no_box = len(recs), boxes.count(None)
+    if no_box and (no_box < n or not masks): return None
+    box = None if no_box else _number_rows(boxes, 4, _NUM)
+    if box is None and not no_box: return None
+    try: img, cat, score = np.array(img, np.int64), np.array(cat, np.int64), np.array(score, np.float64)
+    except OverflowError: return None
     if not masks: return Detections(img, cat, score, box)
-    if size.dtype.kind not in 'iu' or size.shape != (n, 2) or not set(map(type, counts)) <= {str, bytes}: return None
-    counts = [_counts_bytes(c) for c in counts]
+    try: size, counts = _column(segs, 'size'), _column(segs, 'counts')
+    except (KeyError, TypeError): return None
+    size = _number_rows(size, 2, _INT)
+    if size is None or not _only(counts, {str, bytes}): return None
+    counts = list(map(str.encode, counts)) if _only(counts, {str}) else list(map(_counts_bytes, counts))
     if box is None:
         from hotcoco import mask as mu
         box = mu.toBbox([{'size': s, 'counts': c} for s, c in zip(size.tolist(), counts)]).reshape(n, 4)
@@ -398,6 +413,17 @@ def read_detections(paths: str | os.PathLike | Sequence # a detection file, or s
                 parts.append(Detections(*cols, size, counts, bool(from_mask)))
     return Detections.concat(parts)
 
+def _read_json(path: str | os.PathLike) -> object:
+    "A json file's content, parsed by orjson when installed; by Python's json what orjson refuses (NaN), with its error."
+    raw = Path(path).read_bytes()
+    try:
+        import orjson
+        return orjson.loads(raw)
+    except (ImportError, ValueError): pass  # orjson.JSONDecodeError is a ValueError
+    try: return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DetectionFormatError(f"detections file {path}: not valid json: {e}") from None
+
 @_gc_paused
 def load_detections(detections, # `Detections`, LVIS records, a results json, or one or several detection files
                     masks: bool = True, # keep the masks (records: read the 'segmentation' field)
@@ -411,11 +437,7 @@ def load_detections(detections, # `Detections`, LVIS records, a results json, or
             if not os.path.exists(p): raise FileNotFoundError(f"detections file not found: {p}")
         if all(is_detection_file(p) for p in paths): d = read_detections(paths)
         elif len(paths) == 1:
-            try:
-                with open(paths[0]) as f: recs = json.load(f)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise DetectionFormatError(f"detections file {paths[0]}: not valid json: {e}") from None
-            d = detections_from_records(recs, masks)
+            d = detections_from_records(_read_json(paths[0]), masks)
         else: raise DetectionFormatError(f"detections: several files are read only as detection files: {paths}")
     else: d = detections_from_records(detections, masks)
     return d if masks or not d.has_masks else d.without_masks()
