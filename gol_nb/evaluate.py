@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_evaluate.ipynb #7fd5b56d
 from __future__ import annotations
-import contextlib, functools, gc, io, itertools, json, logging, math, operator, os, tempfile, warnings
+import contextlib, functools, gc, io, itertools, json, logging, math, operator, os, re, tempfile, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -14,10 +14,10 @@ from .data import load_lvis
 from .engine import atomic_write_bytes, atomic_write_text
 
 # %% auto #0
-__all__ = ['METRICS', 'BACKENDS', 'DetectionFormatError', 'Detections', 'detections_from_records', 'LVISGroundTruth',
-           'check_detections', 'top_k_indices', 'top_k_per_image', 'DetectionWriter', 'is_detection_file',
-           'read_detections', 'load_detections', 'write_lvis_results', 'numpy_aliases', 'LVISEvalResult',
-           'run_lvis_eval', 'evaluate_lvis', 'per_class_ap']
+__all__ = ['JSON_PIECE', 'METRICS', 'BACKENDS', 'DetectionFormatError', 'Detections', 'detections_from_records',
+           'LVISGroundTruth', 'check_detections', 'top_k_indices', 'top_k_per_image', 'DetectionWriter',
+           'is_detection_file', 'read_detections', 'load_detections', 'write_lvis_results', 'numpy_aliases',
+           'LVISEvalResult', 'run_lvis_eval', 'evaluate_lvis', 'per_class_ap']
 
 # %% ../nbs/03a_evaluate.ipynb #b7a02ce1
 class DetectionFormatError(ValueError):
@@ -413,9 +413,8 @@ def read_detections(paths: str | os.PathLike | Sequence # a detection file, or s
                 parts.append(Detections(*cols, size, counts, bool(from_mask)))
     return Detections.concat(parts)
 
-def _read_json(path: str | os.PathLike) -> object:
-    "A json file's content, parsed by orjson when installed; by Python's json what orjson refuses (NaN), with its error."
-    raw = Path(path).read_bytes()
+def _parse_json(raw: bytes, path: str | os.PathLike) -> object:
+    "Parsed by orjson when installed; by Python's json what orjson refuses (NaN), with its error message."
     try:
         import orjson
         return orjson.loads(raw)
@@ -423,6 +422,40 @@ def _read_json(path: str | os.PathLike) -> object:
     try: return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DetectionFormatError(f"detections file {path}: not valid json: {e}") from None
+
+JSON_PIECE = 1 << 26 # bytes of a results json parsed at a time (bounds the Python objects alive at once)
+_RECORD_GAP = re.compile(rb'\}\s*,\s*\{')
+
+def _json_pieces(raw: bytes, start: int, size: int):
+    "The json array `raw[start - 1:]` ('[' at start - 1) as json arrays of about `size` bytes, cut at '}, {' gaps."
+    while True:
+        m = _RECORD_GAP.search(raw, start + size) if start + size < len(raw) else None
+        if m is None:
+            yield b'[' + raw[start:]; return
+        yield b'[' + raw[start:m.start() + 1] + b']'
+        start = m.end() - 1
+
+def _pieces_to_detections(raw: bytes, masks: bool) -> Optional[Detections]:
+    "A large results json converted a piece at a time; None when a piece does not parse or convert as a whole."
+    try: import orjson
+    except ImportError: return None
+    head = re.match(rb'\s*\[', raw)
+    if head is None: return None
+    parts = []
+    for piece in _json_pieces(raw, head.end(), JSON_PIECE):
+        try: recs = orjson.loads(piece)
+        except ValueError: return None  # cut inside a string or a nested value: that piece is no json array
+        d = _from_records_fast(recs, masks) if isinstance(recs, list) else None
+        if d is None: return None
+        parts.append(d); del recs
+    return Detections.concat(parts) if len({p.box_from_mask for p in parts}) <= 1 else None
+
+@_gc_paused
+def _read_json_detections(path: str | os.PathLike, masks: bool) -> Detections:
+    "Detections of a results json: a large file a piece at a time, else (and for naming a bad record) in one go."
+    raw = Path(path).read_bytes()
+    d = _pieces_to_detections(raw, masks) if len(raw) > JSON_PIECE else None
+    return d if d is not None else detections_from_records(_parse_json(raw, path), masks)
 
 @_gc_paused
 def load_detections(detections, # `Detections`, LVIS records, a results json, or one or several detection files
@@ -437,7 +470,7 @@ def load_detections(detections, # `Detections`, LVIS records, a results json, or
             if not os.path.exists(p): raise FileNotFoundError(f"detections file not found: {p}")
         if all(is_detection_file(p) for p in paths): d = read_detections(paths)
         elif len(paths) == 1:
-            d = detections_from_records(_read_json(paths[0]), masks)
+            d = _read_json_detections(paths[0], masks)
         else: raise DetectionFormatError(f"detections: several files are read only as detection files: {paths}")
     else: d = detections_from_records(detections, masks)
     return d if masks or not d.has_masks else d.without_masks()

@@ -362,3 +362,44 @@ def test_columns_checked_and_named():
             evaluate_lvis(gt, bad, 'segm')
     with pytest.raises(ValueError, match='Detections.score'):
         Detections(np.ones(3), np.ones(3), np.ones(2), np.zeros((3, 4)))
+
+
+def test_results_json_read_in_pieces_equals_one_go(tmp_path, monkeypatch):
+    "A large results json is parsed a piece at a time; pieces cut anywhere odd fall back to the whole file."
+    import gol_nb.evaluate as ev
+    gt = small_lvis()
+    dets = make_detections(gt, 'segm', seed=12)
+    dets[3]['note'] = 'a string with }, { inside'  # a '}, {' gap that is no record boundary
+    p = tmp_path / 'dets.json'; p.write_text(json.dumps(dets))
+    whole = ev.load_detections(p)
+    monkeypatch.setattr(ev, 'JSON_PIECE', 300)  # a few records a piece
+    assert len(list(ev._json_pieces(p.read_bytes(), 1, 300))) > 10
+    pieced = ev.load_detections(p)
+    assert pieced.to_records() == whole.to_records() == detections_from_records(dets, masks=True).to_records()
+    clean = [{k: v for k, v in r.items() if k != 'note'} for r in dets]
+    p.write_text(json.dumps(clean))
+    assert ev._pieces_to_detections(p.read_bytes(), True) is not None  # the pieced path itself is taken
+    assert evaluate_lvis(gt, p, 'segm') == evaluate_lvis(gt, clean, 'segm')
+    # a bad record far into the file is named by its index in the whole file
+    clean[40]['score'] = 'high'
+    p.write_text(json.dumps(clean))
+    with pytest.raises(DetectionFormatError, match=r"detections\[40\]: field 'score'"): evaluate_lvis(gt, p, 'segm')
+    # mask results with boxes in some pieces only: refused as in one go
+    mixed = [dict(r) for r in dets[:30]] + [{k: v for k, v in r.items() if k != 'bbox'} for r in dets[30:60]]
+    p.write_text(json.dumps(mixed))
+    with pytest.raises(DetectionFormatError, match='give it to all or none'): evaluate_lvis(gt, p, 'segm')
+
+
+@pytest.mark.parametrize('bad, field', [({'image_id': True}, "'image_id'"), ({'score': False}, "'score'"),
+                                        ({'bbox': [0, 0, True, 4]}, "'bbox'"), ({'category_id': 1.0}, "'category_id'")])
+def test_column_type_checks_name_the_record(bad, field, tmp_path):
+    "Types are checked a column at a time: a bool or a float id still sends the reading record by record."
+    gt = small_lvis(n_images=3)
+    dets = [{'image_id': 1, 'category_id': 1, 'bbox': [0., 0., 4., 4.], 'score': .5} for _ in range(3)]
+    dets[1] = {**dets[1], **bad}
+    p = tmp_path / 'd.json'; p.write_text(json.dumps(dets))
+    for src in (dets, p):
+        with pytest.raises(DetectionFormatError, match=rf"detections\[1\]: field {field}"): evaluate_lvis(gt, src)
+    p.write_text(json.dumps(dets[:1])[:-1] + ', {"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "score": NaN}]')
+    with pytest.raises(DetectionFormatError, match=r"detections\[1\]: field 'score' must be a finite number"):
+        evaluate_lvis(gt, p)  # NaN is no json (orjson refuses it); Python's json reads it, and the check names it
