@@ -14,10 +14,10 @@ from .data import load_lvis
 from .engine import atomic_write_bytes, atomic_write_text
 
 # %% auto #0
-__all__ = ['JSON_PIECE', 'METRICS', 'BACKENDS', 'DetectionFormatError', 'Detections', 'detections_from_records',
-           'LVISGroundTruth', 'check_detections', 'top_k_indices', 'top_k_per_image', 'DetectionWriter',
-           'is_detection_file', 'read_detections', 'load_detections', 'write_lvis_results', 'numpy_aliases',
-           'LVISEvalResult', 'run_lvis_eval', 'evaluate_lvis', 'per_class_ap']
+__all__ = ['JSON_PIECE', 'METRICS', 'BACKENDS', 'PROTOCOLS', 'DetectionFormatError', 'Detections', 'detections_from_records',
+           'LVISGroundTruth', 'check_detections', 'top_k_indices', 'top_k_per_image', 'top_k_per_class',
+           'DetectionWriter', 'is_detection_file', 'read_detections', 'load_detections', 'write_lvis_results',
+           'numpy_aliases', 'LVISEvalResult', 'run_lvis_eval', 'evaluate_lvis', 'per_class_ap']
 
 # %% ../nbs/03a_evaluate.ipynb #b7a02ce1
 class DetectionFormatError(ValueError):
@@ -302,12 +302,13 @@ def check_detections(detections, # `Detections`, LVIS records, a results json, o
     return d
 
 # %% ../nbs/03a_evaluate.ipynb #62b911bd
-def top_k_indices(image_id: np.ndarray, # (N,) int64 image of each detection
+def top_k_indices(image_id: np.ndarray, # (N,) int64 image (or any group) of each detection
                   score: np.ndarray, # (N,) score of each detection
                   k: int = 300, # detections kept per image
+                  name: str = 'max_dets', # the parameter `k` comes from, for the error
                  ) -> np.ndarray:
     "Sorted indices of the `k` highest-scoring detections of each image (ties: the earlier one)."
-    if k < 1: raise ValueError(f"max_dets must be >= 1, got {k}")
+    if not (isinstance(k, (int, np.integer)) and k >= 1): raise ValueError(f"{name} must be an integer >= 1, got {k!r}")
     image_id = np.asarray(image_id, np.int64); n = len(image_id)
     if n == 0: return np.zeros(0, np.int64)
     lo, hi = int(image_id.min()), int(image_id.max())
@@ -328,6 +329,13 @@ def top_k_per_image(dets: list[dict] | Detections, # records with 'image_id' and
     img = np.fromiter((d['image_id'] for d in dets), np.int64, len(dets))
     score = np.fromiter((d['score'] for d in dets), np.float64, len(dets))
     return [dets[i] for i in top_k_indices(img, score, k).tolist()]
+
+def top_k_per_class(d: Detections, # the detections
+                    k: int = 10_000, # detections kept per class over the whole set
+                   ) -> Detections:
+    "The `k` highest-scoring detections of each class over the whole set, in their original order (no per-image cap)."
+    keep = top_k_indices(d.category_id, d.score, k, 'dets_per_class')
+    return d if len(keep) == len(d) else d.select(keep)
 
 # %% ../nbs/03a_evaluate.ipynb #1df6bd3c
 _MAGIC, _VERSION = 0x474F4C444554, 1 # 'GOLDET'
@@ -504,6 +512,7 @@ def write_lvis_results(detections, # `Detections`, records or detection files
 # %% ../nbs/03a_evaluate.ipynb #677fac8d
 METRICS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'APr', 'APc', 'APf', 'AR', 'ARs', 'ARm', 'ARl')
 BACKENDS = ('hotcoco', 'lvis')
+PROTOCOLS = ('standard', 'fixed') # LVIS's per-image cap, or Fixed AP's per-class budget
 
 @contextlib.contextmanager
 def numpy_aliases():
@@ -622,13 +631,20 @@ def run_lvis_eval(gt, # the ground truth: LVIS annotation file, dict or `LVISGro
                   detections, # `Detections`, LVIS records, a results json, or detection files (one per rank)
                   iou_type: str = 'bbox', # 'bbox' (box AP) or 'segm' (mask AP)
                   backend: str = 'hotcoco', # 'hotcoco' (Rust, the default) or 'lvis' (lvis-api, the reference)
-                  max_dets: int = 300, # detections kept per image (highest scores), as LVIS does
+                  max_dets: int = 300, # detections kept per image (highest scores), as LVIS does ('standard')
                   save_to: str | os.PathLike | None = None, # json file to write the figures to (atomically)
+                  protocol: str = 'standard', # 'standard' (top max_dets per image) or 'fixed' (top K per class)
+                  dets_per_class: int = 10_000, # K of the 'fixed' protocol: detections kept per class over the set
                  ) -> LVISEvalResult:
     "Evaluate LVIS detections: summary figures and per-class AP."
     if backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if protocol not in PROTOCOLS: raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     gt = LVISGroundTruth.of(gt)
-    d = top_k_per_image(check_detections(detections, gt, iou_type), max_dets)
+    d = check_detections(detections, gt, iou_type)
+    if protocol == 'standard': d = top_k_per_image(d, max_dets)
+    else:  # no per-image cap: the backends' cap is set above the most crowded image
+        d = top_k_per_class(d, dets_per_class)
+        max_dets = max(300, int(np.unique(d.image_id, return_counts=True)[1].max(initial=0)))
     if not len(d): metrics, prec = _eval_empty(gt.data)
     else: metrics, prec = (_eval_hotcoco if backend == 'hotcoco' else _eval_lvis)(gt, d, iou_type, max_dets)
     res = LVISEvalResult(metrics, _per_class_table(gt.data, prec))
@@ -639,17 +655,21 @@ def evaluate_lvis(gt, # the ground truth: LVIS annotation file, dict or `LVISGro
                   detections, # `Detections`, LVIS records, a results json, or detection files
                   iou_type: str = 'bbox', # 'bbox' (box AP) or 'segm' (mask AP)
                   backend: str = 'hotcoco', # 'hotcoco' or 'lvis'
-                  max_dets: int = 300, # detections kept per image (highest scores), as LVIS does
+                  max_dets: int = 300, # detections kept per image (highest scores), as LVIS does ('standard')
                   save_to: str | os.PathLike | None = None, # json file to write the figures to (atomically)
+                  protocol: str = 'standard', # 'standard' (top max_dets per image) or 'fixed' (top K per class)
+                  dets_per_class: int = 10_000, # K of the 'fixed' protocol
                  ) -> dict:
     "LVIS AP, AP50, AP75, APs, APm, APl, APr, APc, APf and AR (-1 where undefined: no ground truth in the group)."
-    return run_lvis_eval(gt, detections, iou_type, backend, max_dets, save_to).metrics
+    return run_lvis_eval(gt, detections, iou_type, backend, max_dets, save_to, protocol, dets_per_class).metrics
 
 def per_class_ap(gt, # the ground truth: LVIS annotation file, dict or `LVISGroundTruth`
                  detections, # `Detections`, LVIS records, a results json, or detection files
                  iou_type: str = 'bbox', # 'bbox' or 'segm'
                  backend: str = 'hotcoco', # 'hotcoco' or 'lvis'
                  max_dets: int = 300, # detections kept per image
+                 protocol: str = 'standard', # 'standard' or 'fixed'
+                 dets_per_class: int = 10_000, # K of the 'fixed' protocol
                 ) -> pd.DataFrame:
     "Per-class AP table: category_id, name, frequency, image_count, num_gt, AP, AP50 (NaN: no ground truth)."
-    return run_lvis_eval(gt, detections, iou_type, backend, max_dets).per_class
+    return run_lvis_eval(gt, detections, iou_type, backend, max_dets, None, protocol, dets_per_class).per_class

@@ -403,3 +403,52 @@ def test_column_type_checks_name_the_record(bad, field, tmp_path):
     p.write_text(json.dumps(dets[:1])[:-1] + ', {"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "score": NaN}]')
     with pytest.raises(DetectionFormatError, match=r"detections\[1\]: field 'score' must be a finite number"):
         evaluate_lvis(gt, p)  # NaN is no json (orjson refuses it); Python's json reads it, and the check names it
+
+
+def one_class_gt():
+    imgs = [{'id': i, 'height': 100, 'width': 100, 'file_name': f'{i}.jpg'} for i in (1, 2, 3)]
+    anns = [{'id': i, 'image_id': i, 'category_id': 1, 'bbox': [10., 10., 40., 40.], 'area': 1600.,
+             'segmentation': [[10., 10., 50., 10., 50., 50., 10., 50.]]} for i in (1, 2, 3)]
+    return {'images': imgs, 'annotations': anns, 'categories': [{'id': 1, 'name': 'a', 'frequency': 'f'}]}
+
+
+@pytest.mark.parametrize('backend', ['hotcoco', 'lvis'])
+def test_fixed_ap_by_hand(backend):
+    "Hit .9, miss .8, hit .3, hit .2 of one class over three images: the 101-point APs worked out by hand."
+    hit, miss = [10., 10., 40., 40.], [60., 60., 30., 30.]
+    dets = [{'image_id': i, 'category_id': 1, 'bbox': b, 'score': s}
+            for i, b, s in [(1, hit, .9), (2, miss, .8), (2, hit, .3), (3, hit, .2)]]
+    ap = lambda **kw: evaluate_lvis(one_class_gt(), dets, backend=backend, **kw)['AP']
+    assert ap() == pytest.approx((34 + 67 * .75) / 101, abs=1e-9)  # precision 1, 2/3, 3/4 -> interpolated 1, 3/4, 3/4
+    assert ap(protocol='fixed', dets_per_class=2) == pytest.approx(34 / 101, abs=1e-9)  # budget: the hit and the miss
+    assert ap(max_dets=1) == pytest.approx((34 + 33 * 2 / 3) / 101, abs=1e-9)  # image 2 keeps its miss only
+    assert ap(protocol='fixed') == pytest.approx((34 + 67 * .75) / 101, abs=1e-9)  # no per-image cap
+    with pytest.raises(ValueError, match='protocol must be one of'): ap(protocol='pooled')
+    with pytest.raises(ValueError, match='dets_per_class must be an integer >= 1'): ap(protocol='fixed', dets_per_class=0)
+
+
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')
+def test_fixed_ap_equals_lvis_api_run_as_its_authors_do():
+    "Fixed AP = lvis-api on the top K detections of each class (stable sort by score), without a per-image cap."
+    from collections import defaultdict
+    from lvis import LVIS, LVISEval, LVISResults
+    gt = small_lvis(seed=5)
+    dets = make_detections(gt, 'bbox', seed=13)
+    k = 25
+    by_cat = defaultdict(list)
+    for r in dets: by_cat[r['category_id']].append(r)
+    assert max(map(len, by_cat.values())) > k and max(np.bincount([r['image_id'] for r in dets])) > 300
+    kept = [r for v in by_cat.values() for r in sorted(v, key=lambda r: r['score'], reverse=True)[:k]]
+    lv = LVIS.__new__(LVIS)
+    import logging
+    lv.logger, lv.dataset = logging.getLogger('lvis.lvis'), json.loads(json.dumps(gt))
+    with numpy_aliases():
+        lv._create_index()
+        ev = LVISEval(lv, LVISResults(lv, json.loads(json.dumps(kept)), max_dets=-1), 'bbox')
+        ev.params.max_dets = -1
+        ev.run()
+    for be in ('hotcoco', 'lvis'):
+        ours = evaluate_lvis(gt, dets, 'bbox', be, protocol='fixed', dets_per_class=k)
+        for m in ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'APr', 'APc', 'APf'):
+            assert abs(ours[m] - ev.results[m]) < 1e-9, (be, m)
+    assert ours['AP'] != evaluate_lvis(gt, dets, 'bbox')['AP']  # the protocols differ on this set
