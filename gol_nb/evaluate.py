@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
-from .data import load_lvis
+from .data import ClassStatistics, load_lvis
 from .engine import atomic_write_bytes, atomic_write_text
 
 # %% auto #0
-__all__ = ['JSON_PIECE', 'METRICS', 'BACKENDS', 'PROTOCOLS', 'DetectionFormatError', 'Detections', 'detections_from_records',
-           'LVISGroundTruth', 'check_detections', 'top_k_indices', 'top_k_per_image', 'top_k_per_class',
-           'DetectionWriter', 'is_detection_file', 'read_detections', 'load_detections', 'write_lvis_results',
-           'numpy_aliases', 'LVISEvalResult', 'run_lvis_eval', 'evaluate_lvis', 'per_class_ap']
+__all__ = ['JSON_PIECE', 'METRICS', 'BACKENDS', 'PROTOCOLS', 'COCO_METRICS', 'CALIBRATION_ACTIVATIONS', 'DetectionFormatError',
+           'Detections', 'detections_from_records', 'LVISGroundTruth', 'check_detections', 'top_k_indices',
+           'top_k_per_image', 'top_k_per_class', 'DetectionWriter', 'is_detection_file', 'read_detections',
+           'load_detections', 'write_lvis_results', 'numpy_aliases', 'LVISEvalResult', 'run_lvis_eval', 'evaluate_lvis',
+           'per_class_ap', 'run_coco_eval', 'evaluate_coco', 'fractal_dimensions', 'calibration_offsets',
+           'calibrate_detections']
 
 # %% ../nbs/03a_evaluate.ipynb #b7a02ce1
 class DetectionFormatError(ValueError):
@@ -673,3 +675,100 @@ def per_class_ap(gt, # the ground truth: LVIS annotation file, dict or `LVISGrou
                 ) -> pd.DataFrame:
     "Per-class AP table: category_id, name, frequency, image_count, num_gt, AP, AP50 (NaN: no ground truth)."
     return run_lvis_eval(gt, detections, iou_type, backend, max_dets, None, protocol, dets_per_class).per_class
+
+# %% ../nbs/03a_evaluate.ipynb #f25e473c
+COCO_METRICS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
+
+@_gc_paused
+def _eval_coco(gt: LVISGroundTruth, d: Detections, iou_type: str):
+    "hotcoco's COCO evaluation: (figures, precision array at 100 detections)."
+    import hotcoco
+    cats, images, by_image = gt.records()
+    g = hotcoco.COCO({'images': images, 'annotations': [a for v in by_image.values() for a in v], 'categories': cats})
+    segm = iou_type == 'segm' and len(d)
+    dt = g.load_res(d.to_array(), segmentation=d.rles()) if segm else g.load_res(d.to_array())
+    if segm and d.box_from_mask:  # records without boxes: the area is the mask's, as pycocotools' loadRes makes it
+        dt.update_anns(ids=np.arange(1, len(d) + 1), area=np.asarray(hotcoco.mask.area(d.rles()), np.float64))
+    ev = hotcoco.COCOeval(g, dt, iou_type)
+    with contextlib.redirect_stdout(io.StringIO()): ev.evaluate(); ev.accumulate(); ev.summarize()
+    return dict(zip(COCO_METRICS, map(float, ev.stats))), np.asarray(ev.eval['precision'])[..., -1]
+
+def run_coco_eval(gt, # the ground truth: COCO-format annotation file, dict or `LVISGroundTruth`
+                  detections, # `Detections`, result records, a results json, or detection files
+                  iou_type: str = 'bbox', # 'bbox' (box AP) or 'segm' (mask AP)
+                  save_to: str | os.PathLike | None = None, # json file to write the figures to (atomically)
+                 ) -> LVISEvalResult:
+    "Evaluate detections on a COCO-format set with COCO's rules: summary figures and per-class AP."
+    gt = LVISGroundTruth.of(gt)
+    metrics, prec = _eval_coco(gt, check_detections(detections, gt, iou_type), iou_type)
+    res = LVISEvalResult(metrics, _per_class_table(gt.data, prec))
+    if save_to is not None: res.save(save_to)
+    return res
+
+def evaluate_coco(gt, # the ground truth: COCO-format annotation file, dict or `LVISGroundTruth`
+                  detections, # `Detections`, result records, a results json, or detection files
+                  iou_type: str = 'bbox', # 'bbox' or 'segm'
+                  save_to: str | os.PathLike | None = None, # json file to write the figures to
+                 ) -> dict:
+    "COCO AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl (-1 where undefined)."
+    return run_coco_eval(gt, detections, iou_type, save_to).metrics
+
+# %% ../nbs/03a_evaluate.ipynb #d92a867f
+def fractal_dimensions(lvis, # training annotations: LVIS/COCO-format file or dict
+                       max_grid: int = 64, # the finest grid, d x d cells
+                      ) -> np.ndarray:
+    "(C,) box-counting dimension of each class's object centres, sorted category-id order (FRACAL's `box_dim`)."
+    lv = load_lvis(lvis)
+    ids = np.sort(np.fromiter((c['id'] for c in lv['categories']), np.int64))
+    hw = {im['id']: (im['height'], im['width']) for im in lv['images']}
+    anns = lv['annotations']
+    box = np.array([a['bbox'] for a in anns], np.float64).reshape(-1, 4)
+    size = np.array([hw[a['image_id']] for a in anns], np.float64).reshape(-1, 2)
+    cat = np.searchsorted(ids, np.fromiter((a['category_id'] for a in anns), np.int64, len(anns)))
+    cx, cy = (box[:, 0] + box[:, 2] / 2) / size[:, 1], (box[:, 1] + box[:, 3] / 2) / size[:, 0]
+    n, grids = np.bincount(cat, minlength=len(ids)), np.arange(1, max_grid + 1)
+    occupied = np.ones((max_grid, len(ids)))
+    for d in grids:
+        cell = np.clip((cy * d).astype(np.int64), 0, d - 1) * d + np.clip((cx * d).astype(np.int64), 0, d - 1)
+        occupied[d - 1] = np.bincount(np.unique(cat * d * d + cell) // (d * d), minlength=len(ids)).clip(min=1)
+    use = n[None] >= grids[:, None] ** 2  # FRACAL's cut-off: no more cells than the class has objects
+    x, y, k = np.log(grids)[:, None] * use, np.log(occupied) * use, use.sum(0)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        slope = (k * (x * y).sum(0) - x.sum(0) * y.sum(0)) / (k * (x * x).sum(0) - x.sum(0) ** 2)
+    return np.where((n < 4) | ~(slope >= 1), 1., slope)
+
+CALIBRATION_ACTIVATIONS = ('sigmoid', 'gumbel')
+
+def calibration_offsets(stats: ClassStatistics, # the training set's classes (image counts n_c, N)
+                        fractal: Optional[np.ndarray] = None, # (C,) `fractal_dimensions`; None: frequency term only
+                        lam: float = 2.0, # the exponent lambda of the fractal term
+                       ) -> np.ndarray:
+    "(C,) logit offsets w_c (+ f_c), sorted category-id order; a class absent from training counts as in one image."
+    C = len(stats.category_ids)
+    off = -np.log10(C * np.maximum(stats.image_counts, 1) / stats.num_images)
+    if fractal is not None:
+        phi = np.asarray(fractal, np.float64) ** lam
+        off = off - np.log10(C * phi / phi.sum())
+    return off
+
+def calibrate_detections(d: Detections, # the detections (scores of their class)
+                         stats: ClassStatistics, # the training set's classes
+                         activation: str = 'sigmoid', # the model's activation: 'sigmoid' or 'gumbel'
+                         fractal: Optional[np.ndarray] = None, # (C,) fractal dimensions; None: frequency term only
+                         lam: float = 2.0, # the exponent lambda of the fractal term
+                        ) -> Detections:
+    "The detections rescored s' = a(z) a(z + w_c + f_c), z = a^-1(s) (FRACAL's sigmoid-head formula)."
+    if activation not in CALIBRATION_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {CALIBRATION_ACTIVATIONS} (a softmax score cannot be rescored "
+                         f"from saved detections: it needs all the logits), got {activation!r}")
+    pos = _position(np.asarray(stats.category_ids, np.int64), d.category_id)
+    if (pos < 0).any():
+        raise DetectionFormatError(f"detections[{int(np.argmax(pos < 0))}]: field 'category_id' is not a class of "
+                                   f"the training statistics: {d.category_id[pos < 0][0]}")
+    s = np.clip(d.score, 1e-12, 1 - 1e-12)
+    if activation == 'sigmoid': z, act = np.log(s) - np.log1p(-s), lambda x: 1 / (1 + np.exp(-x))
+    else: z, act = -np.log(-np.log(s)), lambda x: np.exp(-np.exp(-x))
+    with np.errstate(over='ignore'):
+        score = act(z) * act(z + calibration_offsets(stats, fractal, lam)[pos])
+    out = d.select(slice(None)); out.score = score
+    return out

@@ -452,3 +452,96 @@ def test_fixed_ap_equals_lvis_api_run_as_its_authors_do():
         for m in ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'APr', 'APc', 'APf'):
             assert abs(ours[m] - ev.results[m]) < 1e-9, (be, m)
     assert ours['AP'] != evaluate_lvis(gt, dets, 'bbox')['AP']  # the protocols differ on this set
+
+
+def small_coco(seed=0, n_images=10):
+    "A COCO-format dict: 4 classes, polygon objects, one crowd region (uncompressed RLE), images without some classes."
+    rng = np.random.default_rng(seed)
+    cats = [{'id': c, 'name': f'c{c}', 'supercategory': 'x'} for c in (1, 2, 4, 7)]
+    imgs, anns = [], []
+    for i in range(1, n_images + 1):
+        h, w = int(rng.integers(120, 240)), int(rng.integers(120, 240))
+        imgs.append({'id': i, 'height': h, 'width': w, 'file_name': f'{i:012d}.jpg'})
+        for _ in range(int(rng.integers(1, 7))):
+            c = int(rng.choice([1, 1, 2, 4, 7]))
+            bw, bh = float(rng.uniform(6, w / 2)), float(rng.uniform(6, h / 2))
+            x, y = float(rng.uniform(0, w - bw)), float(rng.uniform(0, h - bh))
+            poly = [x, y, x + bw, y, x + bw * .7, y + bh, x, y + bh * .8]
+            rle = mu.merge(mu.frPyObjects([poly], h, w))
+            anns.append({'id': len(anns) + 1, 'image_id': i, 'category_id': c, 'bbox': [x, y, bw, bh],
+                         'area': float(mu.area(rle)), 'segmentation': [poly], 'iscrowd': 0})
+    m = np.zeros((imgs[0]['height'], imgs[0]['width']), np.uint8); m[5:60, 5:80] = 1
+    crowd = mu.encode(np.asfortranarray(m))
+    flat = m.ravel(order='F')
+    runs = np.diff(np.r_[0, np.flatnonzero(np.diff(flat)) + 1, flat.size]).tolist()  # uncompressed RLE, zeros first
+    anns.append({'id': len(anns) + 1, 'image_id': 1, 'category_id': 1, 'bbox': [5., 5., 75., 55.],
+                 'area': float(mu.area(crowd)), 'segmentation': {'size': list(m.shape), 'counts': runs}, 'iscrowd': 1})
+    return {'images': imgs, 'annotations': anns, 'categories': cats}
+
+
+@pytest.mark.parametrize('iou_type', ['bbox', 'segm'])
+def test_coco_mode_equals_pycocotools(iou_type, tmp_path):
+    "COCO's rules (hotcoco's COCO mode) on a COCO-format file: the figures of pycocotools' COCOeval."
+    import contextlib, io
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    from gol_nb.evaluate import COCO_METRICS, evaluate_coco
+    gt = small_coco()
+    dets = make_detections({**gt, 'images': [{**im, 'neg_category_ids': []} for im in gt['images']]}, iou_type,
+                           seed=3, crowded_image=False)
+    dets += [{'image_id': 1, 'category_id': 1, 'bbox': [6., 6., 30., 30.], 'score': .99}]  # inside the crowd
+    if iou_type == 'segm':
+        rle = mu.frPyObjects([[6., 6., 36., 6., 36., 36., 6., 36.]], gt['images'][0]['height'], gt['images'][0]['width'])
+        dets[-1]['segmentation'] = {'size': rle[0]['size'], 'counts': rle[0]['counts'].decode()}
+    gp, dp = tmp_path / 'coco.json', tmp_path / 'dets.json'
+    gp.write_text(json.dumps(gt)); dp.write_text(json.dumps(dets))
+    with contextlib.redirect_stdout(io.StringIO()):
+        g = COCO(str(gp)); ev = COCOeval(g, g.loadRes(str(dp)), iou_type); ev.evaluate(); ev.accumulate(); ev.summarize()
+    ours = evaluate_coco(gp, dp, iou_type)
+    assert list(ours) == list(COCO_METRICS)
+    np.testing.assert_allclose([ours[k] for k in COCO_METRICS], ev.stats, atol=1e-9)
+    assert 0 < ours['AP'] < 1 and ours['APs'] > -1
+
+
+def test_fractal_dimensions_by_hand():
+    "Centres in the four quadrants: 1 cell at d=1, 4 at d=2, slope 2; on a diagonal: 1 then 2, slope 1; 3 objects: 1."
+    from gol_nb.evaluate import fractal_dimensions
+    centres = {1: [(.25, .25), (.75, .25), (.25, .75), (.75, .75)], 2: [(.1, .1), (.3, .3), (.6, .6), (.9, .9)],
+               3: [(.5, .5)] * 3}
+    anns = []
+    for c, pts in centres.items():
+        for x, y in pts:  # a 2 x 2 box around the centre, in a 100 x 200 image
+            x0, y0 = x * 100 - 1, y * 200 - 1
+            anns.append({'id': len(anns) + 1, 'image_id': 1, 'category_id': c, 'bbox': [x0, y0, 2., 2.], 'area': 4.,
+                         'segmentation': [[x0, y0, x0 + 2, y0, x0 + 2, y0 + 2]]})
+    gt = {'images': [{'id': 1, 'height': 200, 'width': 100, 'file_name': '1.jpg'}], 'annotations': anns,
+          'categories': [{'id': c, 'name': str(c)} for c in (3, 1, 2)]}
+    np.testing.assert_allclose(fractal_dimensions(gt), [2., 1., 1.], atol=1e-12)  # sorted ids 1, 2, 3
+
+
+def test_calibration_formula_monotone_per_class_and_errors():
+    from gol_nb.data import ClassStatistics
+    from gol_nb.evaluate import calibrate_detections, calibration_offsets
+    stats = ClassStatistics(np.array([1, 2, 3, 5, 8, 9]), np.array([900, 300, 40, 12, 3, 0]), 1000, list('ffccrr'))
+    phi = np.array([2., 1.9, 1.5, 1.2, 1., 1.])
+    off = calibration_offsets(stats, phi, lam=2.)
+    C = 6
+    w = -np.log10(C * np.array([900, 300, 40, 12, 3, 1]) / 1000)  # an unseen class counts as seen in one image
+    f = -np.log10(C * phi ** 2 / (phi ** 2).sum())
+    np.testing.assert_allclose(off, w + f, rtol=1e-12)
+    assert np.all(np.diff(calibration_offsets(stats)) > 0)  # rarer class, larger offset
+    d = Detections([1, 1, 2], [1, 8, 8], [.7, .2, .9], np.zeros((3, 4)))
+    g = calibrate_detections(d, stats, 'gumbel', phi)
+    G = lambda x: np.exp(-np.exp(-x))
+    z = -np.log(-np.log(d.score))
+    np.testing.assert_allclose(g.score, G(z) * G(z + off[[0, 4, 4]]), rtol=1e-12)
+    assert d.score.tolist() == [.7, .2, .9]  # the input is not modified
+    # increasing in the score within a class: each class's AP is unchanged (the per-image cap aside)
+    gt = small_lvis(seed=6)
+    dets = make_detections(gt, 'bbox', seed=14, crowded_image=False)
+    cal = calibrate_detections(detections_from_records(dets), stats, 'sigmoid', phi)
+    assert not np.allclose(cal.score, detections_from_records(dets).score)
+    assert_agree(evaluate_lvis(gt, dets), evaluate_lvis(gt, cal), tol=1e-12)
+    with pytest.raises(ValueError, match='softmax score cannot be rescored'): calibrate_detections(d, stats, 'softmax')
+    with pytest.raises(DetectionFormatError, match=r"detections\[1\]: field 'category_id' is not a class"):
+        calibrate_detections(Detections([1, 1], [1, 4], [.5, .5], np.zeros((2, 4))), stats)
