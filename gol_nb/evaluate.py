@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 from .data import ClassStatistics, load_lvis
+from .data.lvis import _decode_rle_strings
 from .engine import atomic_write_bytes, atomic_write_text
 
 # %% auto #0
@@ -270,6 +271,21 @@ def _position(sorted_ids: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.where(sorted_ids[i] == x, i, -1)
 
 # %% ../nbs/03a_evaluate.ipynb #1a882ce1
+def _check_rle_counts(d: Detections, chunk: int = 100_000):
+    "Raise naming the first mask whose compressed RLE counts do not decode to runs covering its h x w image."
+    for s in range(0, len(d), chunk):
+        counts, hw = d.counts[s:s + chunk], d.mask_size[s:s + chunk]
+        runs, owner, why = _decode_rle_strings(list(counts))
+        neg = np.bincount(owner[runs < 0], minlength=len(counts)) > 0
+        total = np.bincount(owner, runs.astype(np.float64), minlength=len(counts))
+        area = hw[:, 0].astype(np.float64) * hw[:, 1]
+        bad = neg | (total != area) | np.array([w is not None for w in why])
+        if bad.any():
+            q = int(np.argmax(bad))
+            msg = (f"compressed RLE counts {why[q]}" if why[q] else "compressed RLE decodes to a negative run length"
+                   if neg[q] else f"compressed RLE runs sum to {int(total[q])}, not h * w = {int(area[q])}")
+            raise DetectionFormatError(f"detections[{s + q}]: field 'segmentation' {msg}: {counts[q][:40]!r}")
+
 def check_detections(detections, # `Detections`, LVIS records, a results json, or detection files (`read_detections`)
                      gt, # the ground truth: `LVISGroundTruth`, LVIS dict or file
                      iou_type: str = 'bbox', # 'bbox' or 'segm'
@@ -301,6 +317,7 @@ def check_detections(detections, # `Detections`, LVIS records, a results json, o
     if firsts:
         i, k = min(firsts)
         raise DetectionFormatError(f"detections[{i}]: field '{checks[k][0]}' {checks[k][2](i)}")
+    if segm and len(d): _check_rle_counts(d)
     return d
 
 # %% ../nbs/03a_evaluate.ipynb #62b911bd
@@ -629,6 +646,11 @@ def _per_class_table(gt: dict, prec: np.ndarray) -> pd.DataFrame:
                          'AP': mean_valid(p, (0, 1)), 'AP50': mean_valid(p[:1], (0, 1))})
 
 # %% ../nbs/03a_evaluate.ipynb #c148b134
+def _drop_zero_area(d: Detections) -> Detections:
+    "Without the detections whose box has zero area, which lvis-api never fetches (it asks for area > 0)."
+    keep = (d.bbox[:, 2] > 0) & (d.bbox[:, 3] > 0)
+    return d if keep.all() else d.select(keep)
+
 def run_lvis_eval(gt, # the ground truth: LVIS annotation file, dict or `LVISGroundTruth` (prepared once, reused)
                   detections, # `Detections`, LVIS records, a results json, or detection files (one per rank)
                   iou_type: str = 'bbox', # 'bbox' (box AP) or 'segm' (mask AP)
@@ -647,6 +669,7 @@ def run_lvis_eval(gt, # the ground truth: LVIS annotation file, dict or `LVISGro
     else:  # no per-image cap: the backends' cap is set above the most crowded image
         d = top_k_per_class(d, dets_per_class)
         max_dets = max(300, int(np.unique(d.image_id, return_counts=True)[1].max(initial=0)))
+    d = _drop_zero_area(d)
     if not len(d): metrics, prec = _eval_empty(gt.data)
     else: metrics, prec = (_eval_hotcoco if backend == 'hotcoco' else _eval_lvis)(gt, d, iou_type, max_dets)
     res = LVISEvalResult(metrics, _per_class_table(gt.data, prec))

@@ -545,3 +545,37 @@ def test_calibration_formula_monotone_per_class_and_errors():
     with pytest.raises(ValueError, match='softmax score cannot be rescored'): calibrate_detections(d, stats, 'softmax')
     with pytest.raises(DetectionFormatError, match=r"detections\[1\]: field 'category_id' is not a class"):
         calibrate_detections(Detections([1, 1], [1, 4], [.5, .5], np.zeros((2, 4))), stats)
+
+
+@pytest.mark.parametrize('iou_type', ['bbox', 'segm'])
+def test_zero_area_box_scored_as_lvis_api_does(iou_type):
+    "A zero-width or zero-height box: lvis-api never fetches it (area > 0); hotcoco counted it a false positive."
+    gt = small_lvis(n_images=3, seed=3)
+    dets = make_detections(gt, iou_type, seed=15, crowded_image=False)
+    a = gt['annotations'][0]
+    for box in ([a['bbox'][0], a['bbox'][1], 0., a['bbox'][3]], [5., 5., 4., 0.]):
+        extra = dict(dets[0], image_id=a['image_id'], category_id=a['category_id'], bbox=box, score=.99)
+        h, l = (evaluate_lvis(gt, dets + [extra], iou_type, be) for be in ('hotcoco', 'lvis'))
+        assert_agree(h, l)
+        assert_agree(h, evaluate_lvis(gt, dets, iou_type))  # as if it were not there
+    # it still takes its place under the per-image cap, as in lvis-api
+    n1 = sum(r['image_id'] == a['image_id'] for r in dets)
+    assert_agree(evaluate_lvis(gt, dets + [extra], iou_type, 'hotcoco', max_dets=n1),
+                 evaluate_lvis(gt, dets + [extra], iou_type, 'lvis', max_dets=n1))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize('counts, why', [('PP', 'ends in the middle of a number'), ('P' * 7 + '0', 'longer than 6'),
+                                         ('12' * 30, 'runs sum to'), ('@', 'negative run length'),
+                                         ('\u00e9\u00e9', "outside '0'..'o'")])
+def test_bad_compressed_rle_refused_before_any_backend(counts, why, tmp_path):
+    gt = small_lvis(n_images=3)
+    h, w = gt['images'][1]['height'], gt['images'][1]['width']
+    dets = make_detections(gt, 'segm', seed=16, crowded_image=False)[:5]
+    dets[3] = dict(dets[3], image_id=2, segmentation={'size': [h, w], 'counts': counts})
+    for be in ('hotcoco', 'lvis'):
+        with pytest.raises(DetectionFormatError, match=rf"detections\[3\]: field 'segmentation' compressed RLE .*{why}"):
+            evaluate_lvis(gt, dets, 'segm', be)
+    p = tmp_path / 'd.json'; p.write_text(json.dumps(dets))
+    with pytest.raises(DetectionFormatError, match=r"detections\[3\]: field 'segmentation'"):
+        evaluate_lvis(gt, p, 'segm', 'lvis')
