@@ -12,7 +12,7 @@
 Targets: >= 30x lvis-api on bbox, >= 20x on segm, figures equal to 1e-9, LVIS-val-scale bbox < 30 s and < 8 GiB.
 Timings depend on the machine's load, printed at the start and the end.
 
-    .venv/bin/python benchmarks/bench_eval.py [--images 2000] [--val-images 19809] [--skip-lvis-api] [--skip-val]
+    .venv/bin/python benchmarks/bench_eval.py [--images 2000] [--val-images 19809] [--skip-lvis-api] [--skip-val] [--skip-side]
 """
 import argparse, contextlib, json, logging, os, resource, subprocess, sys, tempfile, time, warnings
 import numpy as np
@@ -176,11 +176,12 @@ def main():
     p.add_argument('--val-images', type=int, default=19809, help='images of the LVIS-val-scale run')
     p.add_argument('--skip-lvis-api', action='store_true', help='time only hotcoco in part 1')
     p.add_argument('--skip-val', action='store_true', help='skip part 2')
+    p.add_argument('--skip-side', action='store_true', help='skip part 1')
     p.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child: return child(*a.child)
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
-    side_by_side(a.images, a.skip_lvis_api)
+    if not a.skip_side: side_by_side(a.images, a.skip_lvis_api)
     if not a.skip_val: val_scale(a.val_images)
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

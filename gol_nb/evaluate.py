@@ -11,7 +11,6 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 from .data import ClassStatistics, load_lvis
-from .data.lvis import _decode_rle_strings
 from .engine import atomic_write_bytes, atomic_write_text
 
 # %% auto #0
@@ -271,20 +270,56 @@ def _position(sorted_ids: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.where(sorted_ids[i] == x, i, -1)
 
 # %% ../nbs/03a_evaluate.ipynb #1a882ce1
-def _check_rle_counts(d: Detections, chunk: int = 100_000):
+def _rle_counts_problem(counts: list, # compressed RLE strings (bytes)
+                        area: np.ndarray, # (n,) h * w of each mask
+                       ) -> tuple[int, str] | None:
+    "(position, reason) of a string that does not decode to non-negative runs covering its mask exactly, or None."
+    n, lens = len(counts), np.fromiter(map(len, counts), np.int64, len(counts))
+    off, buf = np.r_[0, np.cumsum(lens)], np.frombuffer(b''.join(counts), np.uint8)
+    owner_of = lambda chars: int(np.searchsorted(off, chars[0], 'right') - 1)
+    v, probs = buf - np.uint8(48), []
+    if (v > 63).any(): probs.append((owner_of(np.flatnonzero(v > 63)), "has characters outside '0'..'o'"))
+    else:
+        more, last = (v & 32) != 0, off[1:][lens > 0] - 1
+        if more[last].any(): probs.append((owner_of(last[more[last]]), "ends in the middle of a number (truncated)"))
+        ends = np.flatnonzero(~more)  # last character of each number (6 bits each, 5 of value, low bits first)
+        L = np.diff(np.r_[-1, ends])
+        if (L > 6).any(): probs.append((owner_of(ends[L > 6]), "holds a number longer than 6 characters"))
+    if probs:  # the first string that does not parse, unless one before it parses to wrong runs
+        q, why = min(probs)
+        return _rle_counts_problem(counts[:q], area[:q]) or (q, why)
+    starts = ends - L + 1
+    x = (v[starts] & 31).astype(np.int64)
+    for k in range(1, 6):
+        sel = np.flatnonzero(L > k)
+        x[sel] |= (v[starts[sel] + k] & 31).astype(np.int64) << (5 * k)
+    x -= np.where(v[ends] & 16, np.int64(1) << (5 * L), 0)  # sign extension
+    per = np.searchsorted(ends, off[1:]) - np.searchsorted(ends, off[:-1])  # numbers of each string
+    first = np.cumsum(per) - per
+    j = np.arange(len(x)) - np.repeat(first, per)  # run index within its string
+    runs = x.copy()  # run j >= 3 is stored as run j - run (j - 2): sums along the odd and the even runs
+    for chain in ((j % 2) == 1, (j >= 2) & (j % 2 == 0)):
+        y = np.where(chain, x, 0)
+        cs = np.cumsum(y)
+        runs = np.where(chain, cs - np.repeat(cs[first[per > 0]] - y[first[per > 0]], per[per > 0]), runs)
+    owner = np.repeat(np.arange(n), per)
+    total = np.bincount(owner, runs.astype(np.float64), minlength=n)
+    negative = np.bincount(owner[runs < 0], minlength=n) > 0
+    bad = negative | (total != area)
+    if not bad.any(): return None
+    q = int(np.argmax(bad))
+    return q, ("decodes to a negative run length" if negative[q] else
+               f"runs sum to {int(total[q])}, not h * w = {int(area[q])}")
+
+def _check_rle_counts(d: Detections, chunk: int = 20_000):
     "Raise naming the first mask whose compressed RLE counts do not decode to runs covering its h x w image."
     for s in range(0, len(d), chunk):
         counts, hw = d.counts[s:s + chunk], d.mask_size[s:s + chunk]
-        runs, owner, why = _decode_rle_strings(list(counts))
-        neg = np.bincount(owner[runs < 0], minlength=len(counts)) > 0
-        total = np.bincount(owner, runs.astype(np.float64), minlength=len(counts))
-        area = hw[:, 0].astype(np.float64) * hw[:, 1]
-        bad = neg | (total != area) | np.array([w is not None for w in why])
-        if bad.any():
-            q = int(np.argmax(bad))
-            msg = (f"compressed RLE counts {why[q]}" if why[q] else "compressed RLE decodes to a negative run length"
-                   if neg[q] else f"compressed RLE runs sum to {int(total[q])}, not h * w = {int(area[q])}")
-            raise DetectionFormatError(f"detections[{s + q}]: field 'segmentation' {msg}: {counts[q][:40]!r}")
+        bad = _rle_counts_problem(list(counts), hw[:, 0].astype(np.float64) * hw[:, 1])
+        if bad:
+            q, why = bad
+            raise DetectionFormatError(f"detections[{s + q}]: field 'segmentation' compressed RLE counts {why}: "
+                                       f"{counts[q][:40]!r}")
 
 def check_detections(detections, # `Detections`, LVIS records, a results json, or detection files (`read_detections`)
                      gt, # the ground truth: `LVISGroundTruth`, LVIS dict or file

@@ -579,3 +579,33 @@ def test_bad_compressed_rle_refused_before_any_backend(counts, why, tmp_path):
     p = tmp_path / 'd.json'; p.write_text(json.dumps(dets))
     with pytest.raises(DetectionFormatError, match=r"detections\[3\]: field 'segmentation'"):
         evaluate_lvis(gt, p, 'segm', 'lvis')
+
+
+def test_rle_check_agrees_with_the_full_decoder():
+    "The evaluator's quick check of compressed RLE flags exactly the strings the data module's decoder rejects."
+    from gol_nb.data.lvis import _decode_rle_strings
+    from gol_nb.evaluate import _rle_counts_problem
+    rng = np.random.default_rng(0)
+    h, w = 37, 41
+    good = [mu.encode(np.asfortranarray(rng.random((h, w)) < p))['counts'] for p in rng.random(40)]
+    good += [mu.encode(np.asfortranarray(np.zeros((h, w), np.uint8)))['counts'],
+             mu.encode(np.asfortranarray(np.ones((h, w), np.uint8)))['counts']]
+    strs = list(good)
+    for s in good[:30]:  # mutated copies: a changed, dropped or added character
+        b = bytearray(s); k = int(rng.integers(len(b)))
+        op = rng.integers(3)
+        if op == 0: b[k] = int(rng.integers(48, 112))
+        elif op == 1: del b[k]
+        else: b.insert(k, int(rng.integers(48, 112)))
+        strs.append(bytes(b))
+    strs += [b'PP', b'@', b'', b'P' * 7 + b'0', b'12' * 30]
+    area = np.full(len(strs), h * w, np.float64)
+    runs, owner, why = _decode_rle_strings(strs)
+    neg = np.bincount(owner[runs < 0], minlength=len(strs)) > 0
+    tot = np.bincount(owner, runs.astype(np.float64), minlength=len(strs))
+    ref = [bool(why[i] or neg[i] or tot[i] != area[i]) for i in range(len(strs))]
+    assert not any(ref[:len(good)]) and sum(ref) > 10
+    ours = [_rle_counts_problem([s], area[:1]) is not None for s in strs]
+    assert ours == ref
+    first = _rle_counts_problem(strs, area)
+    assert first is not None and first[0] == ref.index(True)
