@@ -424,7 +424,8 @@ def test_fixed_ap_by_hand(backend):
     assert ap(max_dets=1) == pytest.approx((34 + 33 * 2 / 3) / 101, abs=1e-9)  # image 2 keeps its miss only
     assert ap(protocol='fixed') == pytest.approx((34 + 67 * .75) / 101, abs=1e-9)  # no per-image cap
     with pytest.raises(ValueError, match='protocol must be one of'): ap(protocol='pooled')
-    with pytest.raises(ValueError, match='dets_per_class must be an integer >= 1'): ap(protocol='fixed', dets_per_class=0)
+    with pytest.raises(ValueError, match='dets_per_class must be an integer >= 1'):
+        ap(protocol='fixed', dets_per_class=0)
 
 
 @pytest.mark.filterwarnings('ignore::DeprecationWarning')
@@ -491,12 +492,14 @@ def test_coco_mode_equals_pycocotools(iou_type, tmp_path):
                            seed=3, crowded_image=False)
     dets += [{'image_id': 1, 'category_id': 1, 'bbox': [6., 6., 30., 30.], 'score': .99}]  # inside the crowd
     if iou_type == 'segm':
-        rle = mu.frPyObjects([[6., 6., 36., 6., 36., 36., 6., 36.]], gt['images'][0]['height'], gt['images'][0]['width'])
+        im = gt['images'][0]
+        rle = mu.frPyObjects([[6., 6., 36., 6., 36., 36., 6., 36.]], im['height'], im['width'])
         dets[-1]['segmentation'] = {'size': rle[0]['size'], 'counts': rle[0]['counts'].decode()}
     gp, dp = tmp_path / 'coco.json', tmp_path / 'dets.json'
     gp.write_text(json.dumps(gt)); dp.write_text(json.dumps(dets))
     with contextlib.redirect_stdout(io.StringIO()):
-        g = COCO(str(gp)); ev = COCOeval(g, g.loadRes(str(dp)), iou_type); ev.evaluate(); ev.accumulate(); ev.summarize()
+        g = COCO(str(gp)); ev = COCOeval(g, g.loadRes(str(dp)), iou_type)
+        ev.evaluate(); ev.accumulate(); ev.summarize()
     ours = evaluate_coco(gp, dp, iou_type)
     assert list(ours) == list(COCO_METRICS)
     np.testing.assert_allclose([ours[k] for k in COCO_METRICS], ev.stats, atol=1e-9)
@@ -574,7 +577,8 @@ def test_bad_compressed_rle_refused_before_any_backend(counts, why, tmp_path):
     dets = make_detections(gt, 'segm', seed=16, crowded_image=False)[:5]
     dets[3] = dict(dets[3], image_id=2, segmentation={'size': [h, w], 'counts': counts})
     for be in ('hotcoco', 'lvis'):
-        with pytest.raises(DetectionFormatError, match=rf"detections\[3\]: field 'segmentation' compressed RLE .*{why}"):
+        with pytest.raises(DetectionFormatError, match=rf"detections\[3\]: field 'segmentation' compressed RLE .*{why}"
+                          ):
             evaluate_lvis(gt, dets, 'segm', be)
     p = tmp_path / 'd.json'; p.write_text(json.dumps(dets))
     with pytest.raises(DetectionFormatError, match=r"detections\[3\]: field 'segmentation'"):

@@ -429,7 +429,8 @@ def label_positions(boxes: Sequence[Sequence[float]], # each label's box (x1, y1
     for (x1, y1, x2, y2), (w, h) in zip(boxes, sizes):
         spot = None
         if 0 < w <= width and 0 < h <= height:  # next to the box first, else the free place closest to it
-            spot = _free_spot(occ, w, h, [(x1, y1 - h), (x1, y1), (x1, y2), (x1, y2 - h), (x2 - w, y1 - h), (x2 - w, y2)])
+            near = [(x1, y1 - h), (x1, y1), (x1, y2), (x1, y2 - h), (x2 - w, y1 - h), (x2 - w, y2)]
+            spot = _free_spot(occ, w, h, near)
         if spot: occ[spot[1]:spot[1] + h, spot[0]:spot[0] + w] = True
         out.append(spot)
     return out
