@@ -12,7 +12,8 @@
 Targets: >= 30x lvis-api on bbox, >= 20x on segm, figures equal to 1e-9, LVIS-val-scale bbox < 30 s and < 8 GiB.
 Timings depend on the machine's load, printed at the start and the end.
 
-    .venv/bin/python benchmarks/bench_eval.py [--images 2000] [--val-images 19809] [--skip-lvis-api] [--skip-val] [--skip-side]
+    .venv/bin/python benchmarks/bench_eval.py [--images 2000] [--val-images 19809] [--skip-lvis-api] [--skip-val]
+                                              [--skip-side]
 """
 import argparse, contextlib, json, logging, os, resource, subprocess, sys, tempfile, time, warnings
 import numpy as np
@@ -121,16 +122,17 @@ def side_by_side(num_images, skip_lvis_api):
         paths = {'bbox': os.path.join(tmp, 'bbox.json'), 'segm': os.path.join(tmp, 'segm.json')}
         write_lvis_results(dets.without_masks(), paths['bbox']); write_lvis_results(dets, paths['segm'])
         mb = {k: os.path.getsize(v) / 1e6 for k, v in paths.items()}
-        print(f"\n1. {num_images} images x 300 detections, {len(gt['annotations'])} objects, 1,203 classes; results jsons "
-              f"{mb['bbox']:.0f} MB (bbox), {mb['segm']:.0f} MB (segm) (made in {time.perf_counter() - t:.0f} s)")
+        print(f"\n1. {num_images} images x 300 detections, {len(gt['annotations'])} objects, 1,203 classes; "
+              f"results jsons {mb['bbox']:.0f} MB (bbox), {mb['segm']:.0f} MB (segm) "
+              f"(made in {time.perf_counter() - t:.0f} s)")
         del dets
         prepared = LVISGroundTruth(gp)
         for iou in ('bbox', 'segm'):
             h, th = timed(run_lvis_eval, gp, paths[iou], iou)
             _, tc = timed(check_detections, paths[iou], prepared, iou)
             print(f"  {iou}: gol_nb   {th:7.2f} s   (reading + checking the detections {tc:.2f} s, the rest "
-                  f"{th - tc:.2f} s)   AP {h.metrics['AP']:.4f}  APr {h.metrics['APr']:.4f}  APc {h.metrics['APc']:.4f}  "
-                  f"APf {h.metrics['APf']:.4f}")
+                  f"{th - tc:.2f} s)   AP {h.metrics['AP']:.4f}  APr {h.metrics['APr']:.4f}  "
+                  f"APc {h.metrics['APc']:.4f}  APf {h.metrics['APf']:.4f}")
             if skip_lvis_api: continue
             (lm, lt), tl = timed(lvis_api, gp, paths[iou], iou)
             diff = max(abs(h.metrics[k] - lm[k]) for k in METRICS)
