@@ -1,4 +1,5 @@
-"""LVIS evaluation speed, end to end (files in, metrics out): gol_nb's evaluator against lvis-api, and at LVIS-val scale.
+"""LVIS evaluation speed, end to end (files in, metrics out): gol_nb's evaluator against lvis-api, and at LVIS-val
+scale.
 
 1. Side by side in one run, on the same files: an LVIS v1-like annotation json and results jsons of 2,000 images x
    300 detections over 1,203 classes (LVIS v1's frequency groups, negative and not-exhaustive lists), box AP then
