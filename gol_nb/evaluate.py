@@ -311,11 +311,26 @@ def _rle_counts_problem(counts: list, # compressed RLE strings (bytes)
     return q, ("decodes to a negative run length" if negative[q] else
                f"runs sum to {int(total[q])}, not h * w = {int(area[q])}")
 
-def _check_rle_counts(d: Detections, chunk: int = 20_000):
-    "Raise naming the first mask whose compressed RLE counts do not decode to runs covering its h x w image."
+def _rle_syntax_problem(counts: list, # compressed RLE strings (bytes)
+                       ) -> tuple[int, str] | None:
+    "(position, reason) of the first string that does not parse as numbers (bytes and bit tests only), or None."
+    lens = np.fromiter(map(len, counts), np.int64, len(counts))
+    off, v = np.r_[0, np.cumsum(lens)], np.frombuffer(b''.join(counts), np.uint8) - np.uint8(48)
+    owner_of = lambda chars: int(np.searchsorted(off, chars[0], 'right') - 1)
+    if (v > 63).any(): return owner_of(np.flatnonzero(v > 63)), "has characters outside '0'..'o'"
+    more, last = (v & 32) != 0, off[1:][lens > 0] - 1
+    probs = [(owner_of(last[more[last]]), "ends in the middle of a number (truncated)")] if more[last].any() else []
+    six = more[:len(more) - 5].copy()
+    for k in range(1, 6): six &= more[k:len(more) - 5 + k]
+    if six.any(): probs.append((owner_of(np.flatnonzero(six)), "holds a number longer than 6 characters"))
+    return min(probs) if probs else None
+
+def _check_rle_counts(d: Detections, full: bool = True, chunk: int = 20_000):
+    "Raise naming the first mask whose compressed RLE counts do not parse (`full`: or do not cover its h x w image)."
     for s in range(0, len(d), chunk):
-        counts, hw = d.counts[s:s + chunk], d.mask_size[s:s + chunk]
-        bad = _rle_counts_problem(list(counts), hw[:, 0].astype(np.float64) * hw[:, 1])
+        counts, hw = list(d.counts[s:s + chunk]), d.mask_size[s:s + chunk]
+        bad = _rle_counts_problem(counts, hw[:, 0].astype(np.float64) * hw[:, 1]) if full else \
+            _rle_syntax_problem(counts)
         if bad:
             q, why = bad
             raise DetectionFormatError(f"detections[{s + q}]: field 'segmentation' compressed RLE counts {why}: "
@@ -324,6 +339,7 @@ def _check_rle_counts(d: Detections, chunk: int = 20_000):
 def check_detections(detections, # `Detections`, LVIS records, a results json, or detection files (`read_detections`)
                      gt, # the ground truth: `LVISGroundTruth`, LVIS dict or file
                      iou_type: str = 'bbox', # 'bbox' or 'segm'
+                     decode_masks: bool = True, # decode every mask's runs (else: check their syntax only)
                     ) -> Detections:
     "Validate LVIS detections against `gt`; return them as `Detections` (masks only for 'segm')."
     if iou_type not in ('bbox', 'segm'): raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
@@ -352,7 +368,7 @@ def check_detections(detections, # `Detections`, LVIS records, a results json, o
     if firsts:
         i, k = min(firsts)
         raise DetectionFormatError(f"detections[{i}]: field '{checks[k][0]}' {checks[k][2](i)}")
-    if segm and len(d): _check_rle_counts(d)
+    if segm and len(d): _check_rle_counts(d, decode_masks)
     return d
 
 # %% ../nbs/03a_evaluate.ipynb #62b911bd
@@ -699,14 +715,19 @@ def run_lvis_eval(gt, # the ground truth: LVIS annotation file, dict or `LVISGro
     if backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if protocol not in PROTOCOLS: raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     gt = LVISGroundTruth.of(gt)
-    d = check_detections(detections, gt, iou_type)
+    d = check_detections(detections, gt, iou_type, decode_masks=backend == 'lvis')  # hotcoco checks the runs itself
     if protocol == 'standard': d = top_k_per_image(d, max_dets)
     else:  # no per-image cap: the backends' cap is set above the most crowded image
         d = top_k_per_class(d, dets_per_class)
         max_dets = max(300, int(np.unique(d.image_id, return_counts=True)[1].max(initial=0)))
     d = _drop_zero_area(d)
     if not len(d): metrics, prec = _eval_empty(gt.data)
-    else: metrics, prec = (_eval_hotcoco if backend == 'hotcoco' else _eval_lvis)(gt, d, iou_type, max_dets)
+    elif backend == 'lvis': metrics, prec = _eval_lvis(gt, d, iou_type, max_dets)
+    else:
+        try: metrics, prec = _eval_hotcoco(gt, d, iou_type, max_dets)
+        except ValueError as e:  # hotcoco refuses a negative run: name the record
+            if d.has_masks and 'RLE' in str(e): _check_rle_counts(d)
+            raise
     res = LVISEvalResult(metrics, _per_class_table(gt.data, prec))
     if save_to is not None: res.save(save_to)
     return res
