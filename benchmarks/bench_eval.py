@@ -130,7 +130,7 @@ def side_by_side(num_images, skip_lvis_api):
         prepared = LVISGroundTruth(gp)
         for iou in ('bbox', 'segm'):
             h, th = timed(run_lvis_eval, gp, paths[iou], iou)
-            _, tc = timed(check_detections, paths[iou], prepared, iou)
+            _, tc = timed(check_detections, paths[iou], prepared, iou, False)  # as run_lvis_eval checks for hotcoco
             print(f"  {iou}: gol_nb   {th:7.2f} s   (reading + checking the detections {tc:.2f} s, the rest "
                   f"{th - tc:.2f} s)   AP {h.metrics['AP']:.4f}  APr {h.metrics['APr']:.4f}  "
                   f"APc {h.metrics['APc']:.4f}  APf {h.metrics['APf']:.4f}")
