@@ -1,21 +1,26 @@
-"""LVIS evaluation speed: the default backend (hotcoco) against lvis-api, and hotcoco alone at LVIS-val scale.
+"""LVIS evaluation speed, end to end (files in, metrics out): gol_nb's evaluator against lvis-api, and at LVIS-val
+scale.
 
-1. Side by side in one run, on the same detections: 2,000 images x 300 detections over 1,203 classes (LVIS v1's
-   frequency groups, negative and not-exhaustive lists), box AP then mask AP, through `gol_nb.evaluate.run_lvis_eval`
-   with backend 'hotcoco' and 'lvis'. Printed: each time, the ratio, the largest difference over the 13 figures and
-   over the per-class APs.
-2. hotcoco alone at LVIS-val scale (19,809 images x 300 detections, box AP), from files as a validation pass leaves
-   them (the annotation json and a detection file), in a fresh process: time and peak memory (ru_maxrss).
+1. Side by side in one run, on the same files: an LVIS v1-like annotation json and results jsons of 2,000 images x
+   300 detections over 1,203 classes (LVIS v1's frequency groups, negative and not-exhaustive lists), box AP then
+   mask AP. Timed: `gol_nb.evaluate.run_lvis_eval(gt_json, results_json, iou_type)` (orjson, column checks, hotcoco)
+   and lvis-api as its users run it (`LVIS(gt_json)`, `LVISResults(gt, results_json, max_dets=300)`,
+   `LVISEval(...).run()`). Printed: each time, gol_nb's split into reading + checking the detections and the rest,
+   the ratio, and the largest difference over the 13 figures and over the per-class APs.
+2. LVIS-val scale (19,809 images x 300 detections, box AP), in a fresh process per input: from the results json
+   (what a user has) and from the detection file a validation pass writes: time and peak memory (ru_maxrss).
 
 Targets: >= 30x lvis-api on bbox, >= 20x on segm, figures equal to 1e-9, LVIS-val-scale bbox < 30 s and < 8 GiB.
 Timings depend on the machine's load, printed at the start and the end.
 
     .venv/bin/python benchmarks/bench_eval.py [--images 2000] [--val-images 19809] [--skip-lvis-api] [--skip-val]
+                                              [--skip-side]
 """
-import argparse, json, os, resource, subprocess, sys, tempfile, time
+import argparse, contextlib, json, logging, os, resource, subprocess, sys, tempfile, time, warnings
 import numpy as np
 
-from gol_nb.evaluate import METRICS, Detections, DetectionWriter, run_lvis_eval
+from gol_nb.evaluate import (METRICS, Detections, DetectionWriter, LVISGroundTruth, _per_class_table,
+                             check_detections, numpy_aliases, run_lvis_eval, write_lvis_results)
 
 
 def make_gt(num_images, num_classes=1203, objects_per_image=12.4, seed=0):
@@ -95,23 +100,46 @@ def timed(f, *a):
     t = time.perf_counter(); r = f(*a); return r, time.perf_counter() - t
 
 
+def lvis_api(gt_path, res_path, iou):
+    "lvis-api from the files, as its users run it: (figures, per-class AP table)."
+    from lvis import LVIS, LVISEval, LVISResults
+    logging.getLogger('lvis').setLevel(logging.ERROR)
+    with warnings.catch_warnings(), numpy_aliases():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        gt = LVIS(gt_path)
+        ev = LVISEval(gt, LVISResults(gt, res_path, max_dets=300), iou)
+        ev.run()
+    r = {k.split('@')[0]: float(v) for k, v in ev.results.items()}
+    return r, _per_class_table(gt.dataset, np.asarray(ev.eval['precision']))
+
+
 def side_by_side(num_images, skip_lvis_api):
     t = time.perf_counter()
     gt = make_gt(num_images)
     dets = make_detections(gt, masks=True)
-    print(f"\n1. {num_images} images x 300 detections, {len(gt['annotations'])} objects, 1,203 classes "
-          f"(made in {time.perf_counter() - t:.0f} s)")
-    for iou in ('bbox', 'segm'):
-        d = dets if iou == 'segm' else dets.without_masks()
-        h, th = timed(run_lvis_eval, gt, d, iou, 'hotcoco')
-        print(f"  {iou}: hotcoco  {th:7.2f} s   AP {h.metrics['AP']:.4f}  APr {h.metrics['APr']:.4f}  "
-              f"APc {h.metrics['APc']:.4f}  APf {h.metrics['APf']:.4f}")
-        if skip_lvis_api: continue
-        l, tl = timed(run_lvis_eval, gt, d, iou, 'lvis')
-        diff = max(abs(h.metrics[k] - l.metrics[k]) for k in METRICS)
-        pc = np.nanmax(np.abs(h.per_class.AP.to_numpy() - l.per_class.AP.to_numpy()))
-        print(f"  {iou}: lvis-api {tl:7.2f} s   ratio {tl / th:5.1f}x   largest difference: figures {diff:.1e}, "
-              f"per-class AP {pc:.1e}")
+    with tempfile.TemporaryDirectory(prefix='bench_eval_') as tmp:
+        gp = os.path.join(tmp, 'gt.json')
+        with open(gp, 'w') as f: json.dump(gt, f)
+        paths = {'bbox': os.path.join(tmp, 'bbox.json'), 'segm': os.path.join(tmp, 'segm.json')}
+        write_lvis_results(dets.without_masks(), paths['bbox']); write_lvis_results(dets, paths['segm'])
+        mb = {k: os.path.getsize(v) / 1e6 for k, v in paths.items()}
+        print(f"\n1. {num_images} images x 300 detections, {len(gt['annotations'])} objects, 1,203 classes; "
+              f"results jsons {mb['bbox']:.0f} MB (bbox), {mb['segm']:.0f} MB (segm) "
+              f"(made in {time.perf_counter() - t:.0f} s)")
+        del dets
+        prepared = LVISGroundTruth(gp)
+        for iou in ('bbox', 'segm'):
+            h, th = timed(run_lvis_eval, gp, paths[iou], iou)
+            _, tc = timed(check_detections, paths[iou], prepared, iou, False)  # as run_lvis_eval checks for hotcoco
+            print(f"  {iou}: gol_nb   {th:7.2f} s   (reading + checking the detections {tc:.2f} s, the rest "
+                  f"{th - tc:.2f} s)   AP {h.metrics['AP']:.4f}  APr {h.metrics['APr']:.4f}  "
+                  f"APc {h.metrics['APc']:.4f}  APf {h.metrics['APf']:.4f}")
+            if skip_lvis_api: continue
+            (lm, lt), tl = timed(lvis_api, gp, paths[iou], iou)
+            diff = max(abs(h.metrics[k] - lm[k]) for k in METRICS)
+            pc = np.nanmax(np.abs(h.per_class.AP.to_numpy() - lt.AP.to_numpy()))
+            print(f"  {iou}: lvis-api {tl:7.2f} s   ratio {tl / th:5.1f}x   max |diff|: figures {diff:.1e}, "
+                  f"per-class AP {pc:.1e}")
 
 
 def child(gt_path, dets_path):
@@ -127,20 +155,22 @@ def val_scale(num_images):
     t = time.perf_counter()
     gt = make_gt(num_images, seed=2)
     dets = make_detections(gt, seed=3)
-    with tempfile.TemporaryDirectory() as tmp:
-        gp, dp = os.path.join(tmp, 'val.json'), os.path.join(tmp, 'rank0.dets')
+    with tempfile.TemporaryDirectory(prefix='bench_eval_') as tmp:
+        gp, dp, jp = (os.path.join(tmp, n) for n in ('val.json', 'rank0.dets', 'results.json'))
         with open(gp, 'w') as f: json.dump(gt, f)
         with DetectionWriter(dp) as w:
             for s in range(0, len(dets), 600):
                 w.write(dets.select(slice(s, s + 600)))  # as a validation pass writes them, two images at a time
+        write_lvis_results(dets, jp)
         print(f"\n2. LVIS-val scale: {num_images} images x 300 detections = {len(dets):,} boxes, "
-              f"{len(gt['annotations']):,} objects (made in {time.perf_counter() - t:.0f} s); "
-              f"hotcoco from the annotation json and the detection file, in a fresh process:")
+              f"{len(gt['annotations']):,} objects, results json {os.path.getsize(jp) / 1e9:.2f} GB (made in "
+              f"{time.perf_counter() - t:.0f} s); box AP from the annotation json and, in a fresh process each:")
         del gt, dets
-        out = subprocess.run([sys.executable, __file__, '--child', gp, dp], capture_output=True, text=True)
-        if out.returncode: sys.exit(out.stderr)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  bbox: {r['seconds']:.1f} s, peak memory {r['peak_gib']:.2f} GiB (AP {r['AP']:.4f})")
+        for name, src in (('the results json', jp), ('the detection file', dp)):
+            out = subprocess.run([sys.executable, __file__, '--child', gp, src], capture_output=True, text=True)
+            if out.returncode: sys.exit(out.stderr)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"  from {name}: {r['seconds']:.1f} s, peak memory {r['peak_gib']:.2f} GiB (AP {r['AP']:.4f})")
 
 
 def main():
@@ -149,11 +179,12 @@ def main():
     p.add_argument('--val-images', type=int, default=19809, help='images of the LVIS-val-scale run')
     p.add_argument('--skip-lvis-api', action='store_true', help='time only hotcoco in part 1')
     p.add_argument('--skip-val', action='store_true', help='skip part 2')
+    p.add_argument('--skip-side', action='store_true', help='skip part 1')
     p.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child: return child(*a.child)
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
-    side_by_side(a.images, a.skip_lvis_api)
+    if not a.skip_side: side_by_side(a.images, a.skip_lvis_api)
     if not a.skip_val: val_scale(a.val_images)
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

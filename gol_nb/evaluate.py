@@ -4,20 +4,22 @@
 
 # %% ../nbs/03a_evaluate.ipynb #7fd5b56d
 from __future__ import annotations
-import contextlib, functools, gc, io, json, logging, math, os, tempfile, warnings
+import contextlib, functools, gc, io, itertools, json, logging, math, operator, os, re, tempfile, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
-from .data import load_lvis
+from .data import ClassStatistics, load_lvis
 from .engine import atomic_write_bytes, atomic_write_text
 
 # %% auto #0
-__all__ = ['METRICS', 'BACKENDS', 'DetectionFormatError', 'Detections', 'detections_from_records', 'LVISGroundTruth',
-           'check_detections', 'top_k_indices', 'top_k_per_image', 'DetectionWriter', 'is_detection_file',
-           'read_detections', 'load_detections', 'write_lvis_results', 'numpy_aliases', 'LVISEvalResult',
-           'run_lvis_eval', 'evaluate_lvis', 'per_class_ap']
+__all__ = ['JSON_PIECE', 'METRICS', 'BACKENDS', 'PROTOCOLS', 'COCO_METRICS', 'CALIBRATION_ACTIVATIONS', 'DetectionFormatError',
+           'Detections', 'detections_from_records', 'LVISGroundTruth', 'check_detections', 'top_k_indices',
+           'top_k_per_image', 'top_k_per_class', 'DetectionWriter', 'is_detection_file', 'read_detections',
+           'load_detections', 'write_lvis_results', 'numpy_aliases', 'LVISEvalResult', 'run_lvis_eval', 'evaluate_lvis',
+           'per_class_ap', 'run_coco_eval', 'evaluate_coco', 'fractal_dimensions', 'calibration_offsets',
+           'calibrate_detections']
 
 # %% ../nbs/03a_evaluate.ipynb #b7a02ce1
 class DetectionFormatError(ValueError):
@@ -121,24 +123,39 @@ def _finite(x) -> bool:
 
 def _counts_bytes(c) -> bytes: return c.encode() if isinstance(c, str) else bytes(c)
 
+_INT = {int, np.int64, np.int32} # the types an id may have (not bool)
+_NUM = _INT | {float, np.float64, np.float32} # the types a score or coordinate may have
+
+def _column(recs: list, key: str) -> list: return list(map(operator.itemgetter(key), recs))
+def _only(values: list, types: set) -> bool: return set(map(type, values)) <= types
+
+def _number_rows(rows: list, width: int, types: set) -> Optional[np.ndarray]:
+    "(N, width) array of `rows` (lists of `width` numbers of `types`), None when some row is not one."
+    if not (_only(rows, {list, tuple}) and set(map(len, rows)) <= {width}): return None
+    flat = list(itertools.chain.from_iterable(rows))
+    return np.array(flat, np.float64 if float in types else np.int64).reshape(len(rows), width) \
+        if _only(flat, types) else None
+
 def _from_records_fast(recs: list, masks: bool) -> Detections | None:
-    "Column-wise conversion; None when some record needs the one-by-one reading."
+    "Column-wise conversion, types checked a column at a time; None when some record needs the one-by-one reading."
     try:
-        img = np.array([d['image_id'] for d in recs]); cat = np.array([d['category_id'] for d in recs])
-        score = np.array([d['score'] for d in recs])
-        has_box = ['bbox' in d for d in recs]
-        box = np.array([d['bbox'] for d in recs]) if all(has_box) else None
-        if masks:
-            segs = [d['segmentation'] for d in recs]
-            size = np.array([s['size'] for s in segs]); counts = [s['counts'] for s in segs]
-    except (KeyError, TypeError, ValueError): return None  # a non-dict, a missing field, ragged boxes
-    n = len(recs)
-    if img.dtype.kind not in 'iu' or cat.dtype.kind not in 'iu' or score.dtype.kind not in 'iuf': return None
-    if box is None and (not masks or any(has_box)): return None
-    if box is not None and (box.dtype.kind not in 'iuf' or box.shape != (n, 4)): return None
+        img, cat, score = _column(recs, 'image_id'), _column(recs, 'category_id'), _column(recs, 'score')
+        boxes = list(map(operator.methodcaller('get', 'bbox'), recs))
+        segs = _column(recs, 'segmentation') if masks else None
+    except (KeyError, TypeError, AttributeError): return None  # a non-dict record, a missing field
+    if not (_only(img, _INT) and _only(cat, _INT) and _only(score, _NUM)): return None
+    n, no_box = len(recs), boxes.count(None)
+    if no_box and (no_box < n or not masks): return None
+    box = None if no_box else _number_rows(boxes, 4, _NUM)
+    if box is None and not no_box: return None
+    try: img, cat, score = np.array(img, np.int64), np.array(cat, np.int64), np.array(score, np.float64)
+    except OverflowError: return None
     if not masks: return Detections(img, cat, score, box)
-    if size.dtype.kind not in 'iu' or size.shape != (n, 2) or not set(map(type, counts)) <= {str, bytes}: return None
-    counts = [_counts_bytes(c) for c in counts]
+    try: size, counts = _column(segs, 'size'), _column(segs, 'counts')
+    except (KeyError, TypeError): return None
+    size = _number_rows(size, 2, _INT)
+    if size is None or not _only(counts, {str, bytes}): return None
+    counts = list(map(str.encode, counts)) if _only(counts, {str}) else list(map(_counts_bytes, counts))
     if box is None:
         from hotcoco import mask as mu
         box = mu.toBbox([{'size': s, 'counts': c} for s, c in zip(size.tolist(), counts)]).reshape(n, 4)
@@ -253,9 +270,76 @@ def _position(sorted_ids: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.where(sorted_ids[i] == x, i, -1)
 
 # %% ../nbs/03a_evaluate.ipynb #1a882ce1
+def _rle_counts_problem(counts: list, # compressed RLE strings (bytes)
+                        area: np.ndarray, # (n,) h * w of each mask
+                       ) -> tuple[int, str] | None:
+    "(position, reason) of a string that does not decode to non-negative runs covering its mask exactly, or None."
+    n, lens = len(counts), np.fromiter(map(len, counts), np.int64, len(counts))
+    off, buf = np.r_[0, np.cumsum(lens)], np.frombuffer(b''.join(counts), np.uint8)
+    owner_of = lambda chars: int(np.searchsorted(off, chars[0], 'right') - 1)
+    v, probs = buf - np.uint8(48), []
+    if (v > 63).any(): probs.append((owner_of(np.flatnonzero(v > 63)), "has characters outside '0'..'o'"))
+    else:
+        more, last = (v & 32) != 0, off[1:][lens > 0] - 1
+        if more[last].any(): probs.append((owner_of(last[more[last]]), "ends in the middle of a number (truncated)"))
+        ends = np.flatnonzero(~more)  # last character of each number (6 bits each, 5 of value, low bits first)
+        L = np.diff(np.r_[-1, ends])
+        if (L > 6).any(): probs.append((owner_of(ends[L > 6]), "holds a number longer than 6 characters"))
+    if probs:  # the first string that does not parse, unless one before it parses to wrong runs
+        q, why = min(probs)
+        return _rle_counts_problem(counts[:q], area[:q]) or (q, why)
+    starts = ends - L + 1
+    x = (v[starts] & 31).astype(np.int64)
+    for k in range(1, 6):
+        sel = np.flatnonzero(L > k)
+        x[sel] |= (v[starts[sel] + k] & 31).astype(np.int64) << (5 * k)
+    x -= np.where(v[ends] & 16, np.int64(1) << (5 * L), 0)  # sign extension
+    per = np.searchsorted(ends, off[1:]) - np.searchsorted(ends, off[:-1])  # numbers of each string
+    first = np.cumsum(per) - per
+    j = np.arange(len(x)) - np.repeat(first, per)  # run index within its string
+    runs = x.copy()  # run j >= 3 is stored as run j - run (j - 2): sums along the odd and the even runs
+    for chain in ((j % 2) == 1, (j >= 2) & (j % 2 == 0)):
+        y = np.where(chain, x, 0)
+        cs = np.cumsum(y)
+        runs = np.where(chain, cs - np.repeat(cs[first[per > 0]] - y[first[per > 0]], per[per > 0]), runs)
+    owner = np.repeat(np.arange(n), per)
+    total = np.bincount(owner, runs.astype(np.float64), minlength=n)
+    negative = np.bincount(owner[runs < 0], minlength=n) > 0
+    bad = negative | (total != area)
+    if not bad.any(): return None
+    q = int(np.argmax(bad))
+    return q, ("decodes to a negative run length" if negative[q] else
+               f"runs sum to {int(total[q])}, not h * w = {int(area[q])}")
+
+def _rle_syntax_problem(counts: list, # compressed RLE strings (bytes)
+                       ) -> tuple[int, str] | None:
+    "(position, reason) of the first string that does not parse as numbers (bytes and bit tests only), or None."
+    lens = np.fromiter(map(len, counts), np.int64, len(counts))
+    off, v = np.r_[0, np.cumsum(lens)], np.frombuffer(b''.join(counts), np.uint8) - np.uint8(48)
+    owner_of = lambda chars: int(np.searchsorted(off, chars[0], 'right') - 1)
+    if (v > 63).any(): return owner_of(np.flatnonzero(v > 63)), "has characters outside '0'..'o'"
+    more, last = (v & 32) != 0, off[1:][lens > 0] - 1
+    probs = [(owner_of(last[more[last]]), "ends in the middle of a number (truncated)")] if more[last].any() else []
+    six = more[:len(more) - 5].copy()
+    for k in range(1, 6): six &= more[k:len(more) - 5 + k]
+    if six.any(): probs.append((owner_of(np.flatnonzero(six)), "holds a number longer than 6 characters"))
+    return min(probs) if probs else None
+
+def _check_rle_counts(d: Detections, full: bool = True, chunk: int = 20_000):
+    "Raise naming the first mask whose compressed RLE counts do not parse (`full`: or do not cover its h x w image)."
+    for s in range(0, len(d), chunk):
+        counts, hw = list(d.counts[s:s + chunk]), d.mask_size[s:s + chunk]
+        bad = _rle_counts_problem(counts, hw[:, 0].astype(np.float64) * hw[:, 1]) if full else \
+            _rle_syntax_problem(counts)
+        if bad:
+            q, why = bad
+            raise DetectionFormatError(f"detections[{s + q}]: field 'segmentation' compressed RLE counts {why}: "
+                                       f"{counts[q][:40]!r}")
+
 def check_detections(detections, # `Detections`, LVIS records, a results json, or detection files (`read_detections`)
                      gt, # the ground truth: `LVISGroundTruth`, LVIS dict or file
                      iou_type: str = 'bbox', # 'bbox' or 'segm'
+                     decode_masks: bool = True, # decode every mask's runs (else: check their syntax only)
                     ) -> Detections:
     "Validate LVIS detections against `gt`; return them as `Detections` (masks only for 'segm')."
     if iou_type not in ('bbox', 'segm'): raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
@@ -284,15 +368,17 @@ def check_detections(detections, # `Detections`, LVIS records, a results json, o
     if firsts:
         i, k = min(firsts)
         raise DetectionFormatError(f"detections[{i}]: field '{checks[k][0]}' {checks[k][2](i)}")
+    if segm and len(d): _check_rle_counts(d, decode_masks)
     return d
 
 # %% ../nbs/03a_evaluate.ipynb #62b911bd
-def top_k_indices(image_id: np.ndarray, # (N,) int64 image of each detection
+def top_k_indices(image_id: np.ndarray, # (N,) int64 image (or any group) of each detection
                   score: np.ndarray, # (N,) score of each detection
                   k: int = 300, # detections kept per image
+                  name: str = 'max_dets', # the parameter `k` comes from, for the error
                  ) -> np.ndarray:
     "Sorted indices of the `k` highest-scoring detections of each image (ties: the earlier one)."
-    if k < 1: raise ValueError(f"max_dets must be >= 1, got {k}")
+    if not (isinstance(k, (int, np.integer)) and k >= 1): raise ValueError(f"{name} must be an integer >= 1, got {k!r}")
     image_id = np.asarray(image_id, np.int64); n = len(image_id)
     if n == 0: return np.zeros(0, np.int64)
     lo, hi = int(image_id.min()), int(image_id.max())
@@ -313,6 +399,13 @@ def top_k_per_image(dets: list[dict] | Detections, # records with 'image_id' and
     img = np.fromiter((d['image_id'] for d in dets), np.int64, len(dets))
     score = np.fromiter((d['score'] for d in dets), np.float64, len(dets))
     return [dets[i] for i in top_k_indices(img, score, k).tolist()]
+
+def top_k_per_class(d: Detections, # the detections
+                    k: int = 10_000, # detections kept per class over the whole set
+                   ) -> Detections:
+    "The `k` highest-scoring detections of each class over the whole set, in their original order (no per-image cap)."
+    keep = top_k_indices(d.category_id, d.score, k, 'dets_per_class')
+    return d if len(keep) == len(d) else d.select(keep)
 
 # %% ../nbs/03a_evaluate.ipynb #1df6bd3c
 _MAGIC, _VERSION = 0x474F4C444554, 1 # 'GOLDET'
@@ -398,6 +491,50 @@ def read_detections(paths: str | os.PathLike | Sequence # a detection file, or s
                 parts.append(Detections(*cols, size, counts, bool(from_mask)))
     return Detections.concat(parts)
 
+def _parse_json(raw: bytes, path: str | os.PathLike) -> object:
+    "Parsed by orjson when installed; by Python's json what orjson refuses (NaN), with its error message."
+    try:
+        import orjson
+        return orjson.loads(raw)
+    except (ImportError, ValueError): pass  # orjson.JSONDecodeError is a ValueError
+    try: return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DetectionFormatError(f"detections file {path}: not valid json: {e}") from None
+
+JSON_PIECE = 1 << 26 # bytes of a results json parsed at a time (bounds the Python objects alive at once)
+_RECORD_GAP = re.compile(rb'\}\s*,\s*\{')
+
+def _json_pieces(raw: bytes, start: int, size: int):
+    "The json array `raw[start - 1:]` ('[' at start - 1) as json arrays of about `size` bytes, cut at '}, {' gaps."
+    while True:
+        m = _RECORD_GAP.search(raw, start + size) if start + size < len(raw) else None
+        if m is None:
+            yield b'[' + raw[start:]; return
+        yield b'[' + raw[start:m.start() + 1] + b']'
+        start = m.end() - 1
+
+def _pieces_to_detections(raw: bytes, masks: bool) -> Optional[Detections]:
+    "A large results json converted a piece at a time; None when a piece does not parse or convert as a whole."
+    try: import orjson
+    except ImportError: return None
+    head = re.match(rb'\s*\[', raw)
+    if head is None: return None
+    parts = []
+    for piece in _json_pieces(raw, head.end(), JSON_PIECE):
+        try: recs = orjson.loads(piece)
+        except ValueError: return None  # cut inside a string or a nested value: that piece is no json array
+        d = _from_records_fast(recs, masks) if isinstance(recs, list) else None
+        if d is None: return None
+        parts.append(d); del recs
+    return Detections.concat(parts) if len({p.box_from_mask for p in parts}) <= 1 else None
+
+@_gc_paused
+def _read_json_detections(path: str | os.PathLike, masks: bool) -> Detections:
+    "Detections of a results json: a large file a piece at a time, else (and for naming a bad record) in one go."
+    raw = Path(path).read_bytes()
+    d = _pieces_to_detections(raw, masks) if len(raw) > JSON_PIECE else None
+    return d if d is not None else detections_from_records(_parse_json(raw, path), masks)
+
 @_gc_paused
 def load_detections(detections, # `Detections`, LVIS records, a results json, or one or several detection files
                     masks: bool = True, # keep the masks (records: read the 'segmentation' field)
@@ -411,11 +548,7 @@ def load_detections(detections, # `Detections`, LVIS records, a results json, or
             if not os.path.exists(p): raise FileNotFoundError(f"detections file not found: {p}")
         if all(is_detection_file(p) for p in paths): d = read_detections(paths)
         elif len(paths) == 1:
-            try:
-                with open(paths[0]) as f: recs = json.load(f)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise DetectionFormatError(f"detections file {paths[0]}: not valid json: {e}") from None
-            d = detections_from_records(recs, masks)
+            d = _read_json_detections(paths[0], masks)
         else: raise DetectionFormatError(f"detections: several files are read only as detection files: {paths}")
     else: d = detections_from_records(detections, masks)
     return d if masks or not d.has_masks else d.without_masks()
@@ -449,6 +582,7 @@ def write_lvis_results(detections, # `Detections`, records or detection files
 # %% ../nbs/03a_evaluate.ipynb #677fac8d
 METRICS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'APr', 'APc', 'APf', 'AR', 'ARs', 'ARm', 'ARl')
 BACKENDS = ('hotcoco', 'lvis')
+PROTOCOLS = ('standard', 'fixed') # LVIS's per-image cap, or Fixed AP's per-class budget
 
 @contextlib.contextmanager
 def numpy_aliases():
@@ -563,19 +697,37 @@ def _per_class_table(gt: dict, prec: np.ndarray) -> pd.DataFrame:
                          'AP': mean_valid(p, (0, 1)), 'AP50': mean_valid(p[:1], (0, 1))})
 
 # %% ../nbs/03a_evaluate.ipynb #c148b134
+def _drop_zero_area(d: Detections) -> Detections:
+    "Without the detections whose box has zero area, which lvis-api never fetches (it asks for area > 0)."
+    keep = (d.bbox[:, 2] > 0) & (d.bbox[:, 3] > 0)
+    return d if keep.all() else d.select(keep)
+
 def run_lvis_eval(gt, # the ground truth: LVIS annotation file, dict or `LVISGroundTruth` (prepared once, reused)
                   detections, # `Detections`, LVIS records, a results json, or detection files (one per rank)
                   iou_type: str = 'bbox', # 'bbox' (box AP) or 'segm' (mask AP)
                   backend: str = 'hotcoco', # 'hotcoco' (Rust, the default) or 'lvis' (lvis-api, the reference)
-                  max_dets: int = 300, # detections kept per image (highest scores), as LVIS does
+                  max_dets: int = 300, # detections kept per image (highest scores), as LVIS does ('standard')
                   save_to: str | os.PathLike | None = None, # json file to write the figures to (atomically)
+                  protocol: str = 'standard', # 'standard' (top max_dets per image) or 'fixed' (top K per class)
+                  dets_per_class: int = 10_000, # K of the 'fixed' protocol: detections kept per class over the set
                  ) -> LVISEvalResult:
     "Evaluate LVIS detections: summary figures and per-class AP."
     if backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if protocol not in PROTOCOLS: raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     gt = LVISGroundTruth.of(gt)
-    d = top_k_per_image(check_detections(detections, gt, iou_type), max_dets)
+    d = check_detections(detections, gt, iou_type, decode_masks=backend == 'lvis')  # hotcoco checks the runs itself
+    if protocol == 'standard': d = top_k_per_image(d, max_dets)
+    else:  # no per-image cap: the backends' cap is set above the most crowded image
+        d = top_k_per_class(d, dets_per_class)
+        max_dets = max(300, int(np.unique(d.image_id, return_counts=True)[1].max(initial=0)))
+    d = _drop_zero_area(d)
     if not len(d): metrics, prec = _eval_empty(gt.data)
-    else: metrics, prec = (_eval_hotcoco if backend == 'hotcoco' else _eval_lvis)(gt, d, iou_type, max_dets)
+    elif backend == 'lvis': metrics, prec = _eval_lvis(gt, d, iou_type, max_dets)
+    else:
+        try: metrics, prec = _eval_hotcoco(gt, d, iou_type, max_dets)
+        except ValueError as e:  # hotcoco refuses a negative run: name the record
+            if d.has_masks and 'RLE' in str(e): _check_rle_counts(d)
+            raise
     res = LVISEvalResult(metrics, _per_class_table(gt.data, prec))
     if save_to is not None: res.save(save_to)
     return res
@@ -584,17 +736,118 @@ def evaluate_lvis(gt, # the ground truth: LVIS annotation file, dict or `LVISGro
                   detections, # `Detections`, LVIS records, a results json, or detection files
                   iou_type: str = 'bbox', # 'bbox' (box AP) or 'segm' (mask AP)
                   backend: str = 'hotcoco', # 'hotcoco' or 'lvis'
-                  max_dets: int = 300, # detections kept per image (highest scores), as LVIS does
+                  max_dets: int = 300, # detections kept per image (highest scores), as LVIS does ('standard')
                   save_to: str | os.PathLike | None = None, # json file to write the figures to (atomically)
+                  protocol: str = 'standard', # 'standard' (top max_dets per image) or 'fixed' (top K per class)
+                  dets_per_class: int = 10_000, # K of the 'fixed' protocol
                  ) -> dict:
     "LVIS AP, AP50, AP75, APs, APm, APl, APr, APc, APf and AR (-1 where undefined: no ground truth in the group)."
-    return run_lvis_eval(gt, detections, iou_type, backend, max_dets, save_to).metrics
+    return run_lvis_eval(gt, detections, iou_type, backend, max_dets, save_to, protocol, dets_per_class).metrics
 
 def per_class_ap(gt, # the ground truth: LVIS annotation file, dict or `LVISGroundTruth`
                  detections, # `Detections`, LVIS records, a results json, or detection files
                  iou_type: str = 'bbox', # 'bbox' or 'segm'
                  backend: str = 'hotcoco', # 'hotcoco' or 'lvis'
                  max_dets: int = 300, # detections kept per image
+                 protocol: str = 'standard', # 'standard' or 'fixed'
+                 dets_per_class: int = 10_000, # K of the 'fixed' protocol
                 ) -> pd.DataFrame:
     "Per-class AP table: category_id, name, frequency, image_count, num_gt, AP, AP50 (NaN: no ground truth)."
-    return run_lvis_eval(gt, detections, iou_type, backend, max_dets).per_class
+    return run_lvis_eval(gt, detections, iou_type, backend, max_dets, None, protocol, dets_per_class).per_class
+
+# %% ../nbs/03a_evaluate.ipynb #f25e473c
+COCO_METRICS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
+
+@_gc_paused
+def _eval_coco(gt: LVISGroundTruth, d: Detections, iou_type: str):
+    "hotcoco's COCO evaluation: (figures, precision array at 100 detections)."
+    import hotcoco
+    cats, images, by_image = gt.records()
+    g = hotcoco.COCO({'images': images, 'annotations': [a for v in by_image.values() for a in v], 'categories': cats})
+    segm = iou_type == 'segm' and len(d)
+    dt = g.load_res(d.to_array(), segmentation=d.rles()) if segm else g.load_res(d.to_array())
+    if segm and d.box_from_mask:  # records without boxes: the area is the mask's, as pycocotools' loadRes makes it
+        dt.update_anns(ids=np.arange(1, len(d) + 1), area=np.asarray(hotcoco.mask.area(d.rles()), np.float64))
+    ev = hotcoco.COCOeval(g, dt, iou_type)
+    with contextlib.redirect_stdout(io.StringIO()): ev.evaluate(); ev.accumulate(); ev.summarize()
+    return dict(zip(COCO_METRICS, map(float, ev.stats))), np.asarray(ev.eval['precision'])[..., -1]
+
+def run_coco_eval(gt, # the ground truth: COCO-format annotation file, dict or `LVISGroundTruth`
+                  detections, # `Detections`, result records, a results json, or detection files
+                  iou_type: str = 'bbox', # 'bbox' (box AP) or 'segm' (mask AP)
+                  save_to: str | os.PathLike | None = None, # json file to write the figures to (atomically)
+                 ) -> LVISEvalResult:
+    "Evaluate detections on a COCO-format set with COCO's rules: summary figures and per-class AP."
+    gt = LVISGroundTruth.of(gt)
+    metrics, prec = _eval_coco(gt, check_detections(detections, gt, iou_type), iou_type)
+    res = LVISEvalResult(metrics, _per_class_table(gt.data, prec))
+    if save_to is not None: res.save(save_to)
+    return res
+
+def evaluate_coco(gt, # the ground truth: COCO-format annotation file, dict or `LVISGroundTruth`
+                  detections, # `Detections`, result records, a results json, or detection files
+                  iou_type: str = 'bbox', # 'bbox' or 'segm'
+                  save_to: str | os.PathLike | None = None, # json file to write the figures to
+                 ) -> dict:
+    "COCO AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl (-1 where undefined)."
+    return run_coco_eval(gt, detections, iou_type, save_to).metrics
+
+# %% ../nbs/03a_evaluate.ipynb #d92a867f
+def fractal_dimensions(lvis, # training annotations: LVIS/COCO-format file or dict
+                       max_grid: int = 64, # the finest grid, d x d cells
+                      ) -> np.ndarray:
+    "(C,) box-counting dimension of each class's object centres, sorted category-id order (FRACAL's `box_dim`)."
+    lv = load_lvis(lvis)
+    ids = np.sort(np.fromiter((c['id'] for c in lv['categories']), np.int64))
+    hw = {im['id']: (im['height'], im['width']) for im in lv['images']}
+    anns = lv['annotations']
+    box = np.array([a['bbox'] for a in anns], np.float64).reshape(-1, 4)
+    size = np.array([hw[a['image_id']] for a in anns], np.float64).reshape(-1, 2)
+    cat = np.searchsorted(ids, np.fromiter((a['category_id'] for a in anns), np.int64, len(anns)))
+    cx, cy = (box[:, 0] + box[:, 2] / 2) / size[:, 1], (box[:, 1] + box[:, 3] / 2) / size[:, 0]
+    n, grids = np.bincount(cat, minlength=len(ids)), np.arange(1, max_grid + 1)
+    occupied = np.ones((max_grid, len(ids)))
+    for d in grids:
+        cell = np.clip((cy * d).astype(np.int64), 0, d - 1) * d + np.clip((cx * d).astype(np.int64), 0, d - 1)
+        occupied[d - 1] = np.bincount(np.unique(cat * d * d + cell) // (d * d), minlength=len(ids)).clip(min=1)
+    use = n[None] >= grids[:, None] ** 2  # FRACAL's cut-off: no more cells than the class has objects
+    x, y, k = np.log(grids)[:, None] * use, np.log(occupied) * use, use.sum(0)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        slope = (k * (x * y).sum(0) - x.sum(0) * y.sum(0)) / (k * (x * x).sum(0) - x.sum(0) ** 2)
+    return np.where((n < 4) | ~(slope >= 1), 1., slope)
+
+CALIBRATION_ACTIVATIONS = ('sigmoid', 'gumbel')
+
+def calibration_offsets(stats: ClassStatistics, # the training set's classes (image counts n_c, N)
+                        fractal: Optional[np.ndarray] = None, # (C,) `fractal_dimensions`; None: frequency term only
+                        lam: float = 2.0, # the exponent lambda of the fractal term
+                       ) -> np.ndarray:
+    "(C,) logit offsets w_c (+ f_c), sorted category-id order; a class absent from training counts as in one image."
+    C = len(stats.category_ids)
+    off = -np.log10(C * np.maximum(stats.image_counts, 1) / stats.num_images)
+    if fractal is not None:
+        phi = np.asarray(fractal, np.float64) ** lam
+        off = off - np.log10(C * phi / phi.sum())
+    return off
+
+def calibrate_detections(d: Detections, # the detections (scores of their class)
+                         stats: ClassStatistics, # the training set's classes
+                         activation: str = 'sigmoid', # the model's activation: 'sigmoid' or 'gumbel'
+                         fractal: Optional[np.ndarray] = None, # (C,) fractal dimensions; None: frequency term only
+                         lam: float = 2.0, # the exponent lambda of the fractal term
+                        ) -> Detections:
+    "The detections rescored s' = a(z) a(z + w_c + f_c), z = a^-1(s) (FRACAL's sigmoid-head formula)."
+    if activation not in CALIBRATION_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {CALIBRATION_ACTIVATIONS} (a softmax score cannot be rescored "
+                         f"from saved detections: it needs all the logits), got {activation!r}")
+    pos = _position(np.asarray(stats.category_ids, np.int64), d.category_id)
+    if (pos < 0).any():
+        raise DetectionFormatError(f"detections[{int(np.argmax(pos < 0))}]: field 'category_id' is not a class of "
+                                   f"the training statistics: {d.category_id[pos < 0][0]}")
+    s = np.clip(d.score, 1e-12, 1 - 1e-12)
+    if activation == 'sigmoid': z, act = np.log(s) - np.log1p(-s), lambda x: 1 / (1 + np.exp(-x))
+    else: z, act = -np.log(-np.log(s)), lambda x: np.exp(-np.exp(-x))
+    with np.errstate(over='ignore'):
+        score = act(z) * act(z + calibration_offsets(stats, fractal, lam)[pos])
+    out = d.select(slice(None)); out.score = score
+    return out

@@ -362,3 +362,255 @@ def test_columns_checked_and_named():
             evaluate_lvis(gt, bad, 'segm')
     with pytest.raises(ValueError, match='Detections.score'):
         Detections(np.ones(3), np.ones(3), np.ones(2), np.zeros((3, 4)))
+
+
+def test_results_json_read_in_pieces_equals_one_go(tmp_path, monkeypatch):
+    "A large results json is parsed a piece at a time; pieces cut anywhere odd fall back to the whole file."
+    import gol_nb.evaluate as ev
+    gt = small_lvis()
+    dets = make_detections(gt, 'segm', seed=12)
+    dets[3]['note'] = 'a string with }, { inside'  # a '}, {' gap that is no record boundary
+    p = tmp_path / 'dets.json'; p.write_text(json.dumps(dets))
+    whole = ev.load_detections(p)
+    monkeypatch.setattr(ev, 'JSON_PIECE', 300)  # a few records a piece
+    assert len(list(ev._json_pieces(p.read_bytes(), 1, 300))) > 10
+    pieced = ev.load_detections(p)
+    assert pieced.to_records() == whole.to_records() == detections_from_records(dets, masks=True).to_records()
+    clean = [{k: v for k, v in r.items() if k != 'note'} for r in dets]
+    p.write_text(json.dumps(clean))
+    assert ev._pieces_to_detections(p.read_bytes(), True) is not None  # the pieced path itself is taken
+    assert evaluate_lvis(gt, p, 'segm') == evaluate_lvis(gt, clean, 'segm')
+    # a bad record far into the file is named by its index in the whole file
+    clean[40]['score'] = 'high'
+    p.write_text(json.dumps(clean))
+    with pytest.raises(DetectionFormatError, match=r"detections\[40\]: field 'score'"): evaluate_lvis(gt, p, 'segm')
+    # mask results with boxes in some pieces only: refused as in one go
+    mixed = [dict(r) for r in dets[:30]] + [{k: v for k, v in r.items() if k != 'bbox'} for r in dets[30:60]]
+    p.write_text(json.dumps(mixed))
+    with pytest.raises(DetectionFormatError, match='give it to all or none'): evaluate_lvis(gt, p, 'segm')
+
+
+@pytest.mark.parametrize('bad, field', [({'image_id': True}, "'image_id'"), ({'score': False}, "'score'"),
+                                        ({'bbox': [0, 0, True, 4]}, "'bbox'"), ({'category_id': 1.0}, "'category_id'")])
+def test_column_type_checks_name_the_record(bad, field, tmp_path):
+    "Types are checked a column at a time: a bool or a float id still sends the reading record by record."
+    gt = small_lvis(n_images=3)
+    dets = [{'image_id': 1, 'category_id': 1, 'bbox': [0., 0., 4., 4.], 'score': .5} for _ in range(3)]
+    dets[1] = {**dets[1], **bad}
+    p = tmp_path / 'd.json'; p.write_text(json.dumps(dets))
+    for src in (dets, p):
+        with pytest.raises(DetectionFormatError, match=rf"detections\[1\]: field {field}"): evaluate_lvis(gt, src)
+    p.write_text(json.dumps(dets[:1])[:-1] + ', {"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "score": NaN}]')
+    with pytest.raises(DetectionFormatError, match=r"detections\[1\]: field 'score' must be a finite number"):
+        evaluate_lvis(gt, p)  # NaN is no json (orjson refuses it); Python's json reads it, and the check names it
+
+
+def one_class_gt():
+    imgs = [{'id': i, 'height': 100, 'width': 100, 'file_name': f'{i}.jpg'} for i in (1, 2, 3)]
+    anns = [{'id': i, 'image_id': i, 'category_id': 1, 'bbox': [10., 10., 40., 40.], 'area': 1600.,
+             'segmentation': [[10., 10., 50., 10., 50., 50., 10., 50.]]} for i in (1, 2, 3)]
+    return {'images': imgs, 'annotations': anns, 'categories': [{'id': 1, 'name': 'a', 'frequency': 'f'}]}
+
+
+@pytest.mark.parametrize('backend', ['hotcoco', 'lvis'])
+def test_fixed_ap_by_hand(backend):
+    "Hit .9, miss .8, hit .3, hit .2 of one class over three images: the 101-point APs worked out by hand."
+    hit, miss = [10., 10., 40., 40.], [60., 60., 30., 30.]
+    dets = [{'image_id': i, 'category_id': 1, 'bbox': b, 'score': s}
+            for i, b, s in [(1, hit, .9), (2, miss, .8), (2, hit, .3), (3, hit, .2)]]
+    ap = lambda **kw: evaluate_lvis(one_class_gt(), dets, backend=backend, **kw)['AP']
+    assert ap() == pytest.approx((34 + 67 * .75) / 101, abs=1e-9)  # precision 1, 2/3, 3/4 -> interpolated 1, 3/4, 3/4
+    assert ap(protocol='fixed', dets_per_class=2) == pytest.approx(34 / 101, abs=1e-9)  # budget: the hit and the miss
+    assert ap(max_dets=1) == pytest.approx((34 + 33 * 2 / 3) / 101, abs=1e-9)  # image 2 keeps its miss only
+    assert ap(protocol='fixed') == pytest.approx((34 + 67 * .75) / 101, abs=1e-9)  # no per-image cap
+    with pytest.raises(ValueError, match='protocol must be one of'): ap(protocol='pooled')
+    with pytest.raises(ValueError, match='dets_per_class must be an integer >= 1'):
+        ap(protocol='fixed', dets_per_class=0)
+
+
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')
+def test_fixed_ap_equals_lvis_api_run_as_its_authors_do():
+    "Fixed AP = lvis-api on the top K detections of each class (stable sort by score), without a per-image cap."
+    from collections import defaultdict
+    from lvis import LVIS, LVISEval, LVISResults
+    gt = small_lvis(seed=5)
+    dets = make_detections(gt, 'bbox', seed=13)
+    k = 25
+    by_cat = defaultdict(list)
+    for r in dets: by_cat[r['category_id']].append(r)
+    assert max(map(len, by_cat.values())) > k and max(np.bincount([r['image_id'] for r in dets])) > 300
+    kept = [r for v in by_cat.values() for r in sorted(v, key=lambda r: r['score'], reverse=True)[:k]]
+    lv = LVIS.__new__(LVIS)
+    import logging
+    lv.logger, lv.dataset = logging.getLogger('lvis.lvis'), json.loads(json.dumps(gt))
+    with numpy_aliases():
+        lv._create_index()
+        ev = LVISEval(lv, LVISResults(lv, json.loads(json.dumps(kept)), max_dets=-1), 'bbox')
+        ev.params.max_dets = -1
+        ev.run()
+    for be in ('hotcoco', 'lvis'):
+        ours = evaluate_lvis(gt, dets, 'bbox', be, protocol='fixed', dets_per_class=k)
+        for m in ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'APr', 'APc', 'APf'):
+            assert abs(ours[m] - ev.results[m]) < 1e-9, (be, m)
+    assert ours['AP'] != evaluate_lvis(gt, dets, 'bbox')['AP']  # the protocols differ on this set
+
+
+def small_coco(seed=0, n_images=10):
+    "A COCO-format dict: 4 classes, polygon objects, one crowd region (uncompressed RLE), images without some classes."
+    rng = np.random.default_rng(seed)
+    cats = [{'id': c, 'name': f'c{c}', 'supercategory': 'x'} for c in (1, 2, 4, 7)]
+    imgs, anns = [], []
+    for i in range(1, n_images + 1):
+        h, w = int(rng.integers(120, 240)), int(rng.integers(120, 240))
+        imgs.append({'id': i, 'height': h, 'width': w, 'file_name': f'{i:012d}.jpg'})
+        for _ in range(int(rng.integers(1, 7))):
+            c = int(rng.choice([1, 1, 2, 4, 7]))
+            bw, bh = float(rng.uniform(6, w / 2)), float(rng.uniform(6, h / 2))
+            x, y = float(rng.uniform(0, w - bw)), float(rng.uniform(0, h - bh))
+            poly = [x, y, x + bw, y, x + bw * .7, y + bh, x, y + bh * .8]
+            rle = mu.merge(mu.frPyObjects([poly], h, w))
+            anns.append({'id': len(anns) + 1, 'image_id': i, 'category_id': c, 'bbox': [x, y, bw, bh],
+                         'area': float(mu.area(rle)), 'segmentation': [poly], 'iscrowd': 0})
+    m = np.zeros((imgs[0]['height'], imgs[0]['width']), np.uint8); m[5:60, 5:80] = 1
+    crowd = mu.encode(np.asfortranarray(m))
+    flat = m.ravel(order='F')
+    runs = np.diff(np.r_[0, np.flatnonzero(np.diff(flat)) + 1, flat.size]).tolist()  # uncompressed RLE, zeros first
+    anns.append({'id': len(anns) + 1, 'image_id': 1, 'category_id': 1, 'bbox': [5., 5., 75., 55.],
+                 'area': float(mu.area(crowd)), 'segmentation': {'size': list(m.shape), 'counts': runs}, 'iscrowd': 1})
+    return {'images': imgs, 'annotations': anns, 'categories': cats}
+
+
+@pytest.mark.parametrize('iou_type', ['bbox', 'segm'])
+def test_coco_mode_equals_pycocotools(iou_type, tmp_path):
+    "COCO's rules (hotcoco's COCO mode) on a COCO-format file: the figures of pycocotools' COCOeval."
+    import contextlib, io
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    from gol_nb.evaluate import COCO_METRICS, evaluate_coco
+    gt = small_coco()
+    dets = make_detections({**gt, 'images': [{**im, 'neg_category_ids': []} for im in gt['images']]}, iou_type,
+                           seed=3, crowded_image=False)
+    dets += [{'image_id': 1, 'category_id': 1, 'bbox': [6., 6., 30., 30.], 'score': .99}]  # inside the crowd
+    if iou_type == 'segm':
+        im = gt['images'][0]
+        rle = mu.frPyObjects([[6., 6., 36., 6., 36., 36., 6., 36.]], im['height'], im['width'])
+        dets[-1]['segmentation'] = {'size': rle[0]['size'], 'counts': rle[0]['counts'].decode()}
+    gp, dp = tmp_path / 'coco.json', tmp_path / 'dets.json'
+    gp.write_text(json.dumps(gt)); dp.write_text(json.dumps(dets))
+    with contextlib.redirect_stdout(io.StringIO()):
+        g = COCO(str(gp)); ev = COCOeval(g, g.loadRes(str(dp)), iou_type)
+        ev.evaluate(); ev.accumulate(); ev.summarize()
+    ours = evaluate_coco(gp, dp, iou_type)
+    assert list(ours) == list(COCO_METRICS)
+    np.testing.assert_allclose([ours[k] for k in COCO_METRICS], ev.stats, atol=1e-9)
+    assert 0 < ours['AP'] < 1 and ours['APs'] > -1
+
+
+def test_fractal_dimensions_by_hand():
+    "Centres in the four quadrants: 1 cell at d=1, 4 at d=2, slope 2; on a diagonal: 1 then 2, slope 1; 3 objects: 1."
+    from gol_nb.evaluate import fractal_dimensions
+    centres = {1: [(.25, .25), (.75, .25), (.25, .75), (.75, .75)], 2: [(.1, .1), (.3, .3), (.6, .6), (.9, .9)],
+               3: [(.5, .5)] * 3}
+    anns = []
+    for c, pts in centres.items():
+        for x, y in pts:  # a 2 x 2 box around the centre, in a 100 x 200 image
+            x0, y0 = x * 100 - 1, y * 200 - 1
+            anns.append({'id': len(anns) + 1, 'image_id': 1, 'category_id': c, 'bbox': [x0, y0, 2., 2.], 'area': 4.,
+                         'segmentation': [[x0, y0, x0 + 2, y0, x0 + 2, y0 + 2]]})
+    gt = {'images': [{'id': 1, 'height': 200, 'width': 100, 'file_name': '1.jpg'}], 'annotations': anns,
+          'categories': [{'id': c, 'name': str(c)} for c in (3, 1, 2)]}
+    np.testing.assert_allclose(fractal_dimensions(gt), [2., 1., 1.], atol=1e-12)  # sorted ids 1, 2, 3
+
+
+def test_calibration_formula_monotone_per_class_and_errors():
+    from gol_nb.data import ClassStatistics
+    from gol_nb.evaluate import calibrate_detections, calibration_offsets
+    stats = ClassStatistics(np.array([1, 2, 3, 5, 8, 9]), np.array([900, 300, 40, 12, 3, 0]), 1000, list('ffccrr'))
+    phi = np.array([2., 1.9, 1.5, 1.2, 1., 1.])
+    off = calibration_offsets(stats, phi, lam=2.)
+    C = 6
+    w = -np.log10(C * np.array([900, 300, 40, 12, 3, 1]) / 1000)  # an unseen class counts as seen in one image
+    f = -np.log10(C * phi ** 2 / (phi ** 2).sum())
+    np.testing.assert_allclose(off, w + f, rtol=1e-12)
+    assert np.all(np.diff(calibration_offsets(stats)) > 0)  # rarer class, larger offset
+    d = Detections([1, 1, 2], [1, 8, 8], [.7, .2, .9], np.zeros((3, 4)))
+    g = calibrate_detections(d, stats, 'gumbel', phi)
+    G = lambda x: np.exp(-np.exp(-x))
+    z = -np.log(-np.log(d.score))
+    np.testing.assert_allclose(g.score, G(z) * G(z + off[[0, 4, 4]]), rtol=1e-12)
+    assert d.score.tolist() == [.7, .2, .9]  # the input is not modified
+    # increasing in the score within a class: each class's AP is unchanged (the per-image cap aside)
+    gt = small_lvis(seed=6)
+    dets = make_detections(gt, 'bbox', seed=14, crowded_image=False)
+    cal = calibrate_detections(detections_from_records(dets), stats, 'sigmoid', phi)
+    assert not np.allclose(cal.score, detections_from_records(dets).score)
+    assert_agree(evaluate_lvis(gt, dets), evaluate_lvis(gt, cal), tol=1e-12)
+    with pytest.raises(ValueError, match='softmax score cannot be rescored'): calibrate_detections(d, stats, 'softmax')
+    with pytest.raises(DetectionFormatError, match=r"detections\[1\]: field 'category_id' is not a class"):
+        calibrate_detections(Detections([1, 1], [1, 4], [.5, .5], np.zeros((2, 4))), stats)
+
+
+@pytest.mark.parametrize('iou_type', ['bbox', 'segm'])
+def test_zero_area_box_scored_as_lvis_api_does(iou_type):
+    "A zero-width or zero-height box: lvis-api never fetches it (area > 0); hotcoco counted it a false positive."
+    gt = small_lvis(n_images=3, seed=3)
+    dets = make_detections(gt, iou_type, seed=15, crowded_image=False)
+    a = gt['annotations'][0]
+    for box in ([a['bbox'][0], a['bbox'][1], 0., a['bbox'][3]], [5., 5., 4., 0.]):
+        extra = dict(dets[0], image_id=a['image_id'], category_id=a['category_id'], bbox=box, score=.99)
+        h, l = (evaluate_lvis(gt, dets + [extra], iou_type, be) for be in ('hotcoco', 'lvis'))
+        assert_agree(h, l)
+        assert_agree(h, evaluate_lvis(gt, dets, iou_type))  # as if it were not there
+    # it still takes its place under the per-image cap, as in lvis-api
+    n1 = sum(r['image_id'] == a['image_id'] for r in dets)
+    assert_agree(evaluate_lvis(gt, dets + [extra], iou_type, 'hotcoco', max_dets=n1),
+                 evaluate_lvis(gt, dets + [extra], iou_type, 'lvis', max_dets=n1))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize('counts, why', [('PP', 'ends in the middle of a number'), ('P' * 7 + '0', 'longer than 6'),
+                                         ('12' * 30, 'runs sum to'), ('@', 'negative run length'),
+                                         ('\u00e9\u00e9', "outside '0'..'o'")])
+def test_bad_compressed_rle_refused_before_any_backend(counts, why, tmp_path):
+    gt = small_lvis(n_images=3)
+    h, w = gt['images'][1]['height'], gt['images'][1]['width']
+    dets = make_detections(gt, 'segm', seed=16, crowded_image=False)[:5]
+    dets[3] = dict(dets[3], image_id=2, segmentation={'size': [h, w], 'counts': counts})
+    decoded = why in ('runs sum to', 'negative run length')  # found by decoding: before lvis-api only
+    for be in ('lvis',) if decoded else ('hotcoco', 'lvis'):  # hotcoco decodes (and checks) them itself
+        with pytest.raises(DetectionFormatError, match=rf"detections\[3\]: field 'segmentation' compressed RLE .*{why}"
+                          ):
+            evaluate_lvis(gt, dets, 'segm', be)
+    p = tmp_path / 'd.json'; p.write_text(json.dumps(dets))
+    with pytest.raises(DetectionFormatError, match=r"detections\[3\]: field 'segmentation'"):
+        evaluate_lvis(gt, p, 'segm', 'lvis')
+
+
+def test_rle_check_agrees_with_the_full_decoder():
+    "The evaluator's quick check of compressed RLE flags exactly the strings the data module's decoder rejects."
+    from gol_nb.data.lvis import _decode_rle_strings
+    from gol_nb.evaluate import _rle_counts_problem
+    rng = np.random.default_rng(0)
+    h, w = 37, 41
+    good = [mu.encode(np.asfortranarray(rng.random((h, w)) < p))['counts'] for p in rng.random(40)]
+    good += [mu.encode(np.asfortranarray(np.zeros((h, w), np.uint8)))['counts'],
+             mu.encode(np.asfortranarray(np.ones((h, w), np.uint8)))['counts']]
+    strs = list(good)
+    for s in good[:30]:  # mutated copies: a changed, dropped or added character
+        b = bytearray(s); k = int(rng.integers(len(b)))
+        op = rng.integers(3)
+        if op == 0: b[k] = int(rng.integers(48, 112))
+        elif op == 1: del b[k]
+        else: b.insert(k, int(rng.integers(48, 112)))
+        strs.append(bytes(b))
+    strs += [b'PP', b'@', b'', b'P' * 7 + b'0', b'12' * 30]
+    area = np.full(len(strs), h * w, np.float64)
+    runs, owner, why = _decode_rle_strings(strs)
+    neg = np.bincount(owner[runs < 0], minlength=len(strs)) > 0
+    tot = np.bincount(owner, runs.astype(np.float64), minlength=len(strs))
+    ref = [bool(why[i] or neg[i] or tot[i] != area[i]) for i in range(len(strs))]
+    assert not any(ref[:len(good)]) and sum(ref) > 10
+    ours = [_rle_counts_problem([s], area[:1]) is not None for s in strs]
+    assert ours == ref
+    first = _rle_counts_problem(strs, area)
+    assert first is not None and first[0] == ref.index(True)

@@ -235,3 +235,121 @@ def test_evaluation_set_prepared_as_the_trainer_does(tiny_run):
     for im in val['images']:  # COCO format: exhaustive, every absent class is a verified negative
         present = {a['category_id'] for a in val['annotations'] if a['image_id'] == im['id']}
         assert sorted(im['neg_category_ids']) == sorted(set(classes['category_ids']) - present)
+
+
+def _one_line_error(capsys, f, prog='gol-eval'):
+    "Run a CLI that must fail: exit code 2 and one line `prog: error: ...` on stderr; the message."
+    with pytest.raises(SystemExit) as e: f()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(f'{prog}: error: '), err
+    return err
+
+
+def test_gol_eval_errors_are_one_sentence(tiny_run, tmp_path, capsys, monkeypatch):
+    run, cfg, _ = tiny_run
+    out = ['--out', str(tmp_path / 'o'), '--num-workers', '0']
+    err = _one_line_error(capsys, lambda: eval_main([str(run), '--max-images', '-1', *out]))
+    assert '--max-images: must be >= 1, got -1' in err
+    with pytest.raises(ValueError, match='max_images must be >= 1'): evaluate_checkpoint(run, max_images=-1)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    err = _one_line_error(capsys, lambda: eval_main([str(run), '--device', 'cuda', *out]))
+    assert "device 'cuda' asked for, but no GPU is visible" in err and 'Traceback' not in err
+    err = _one_line_error(capsys, lambda: eval_main([str(run), '--device', 'tpu', *out]))
+    assert "expected 'auto', 'cpu' or 'cuda'" in err
+    from gol_nb.engine import DeviceError
+    with pytest.raises(DeviceError): eval_main([str(run), '--device', 'cuda', '--debug', *out])  # the traceback
+    # checkpoints of the other trainers: named, with what gol-eval takes
+    save_checkpoint(tmp_path / 'cls', {'stage': 1, 'epoch': 3, 'model': {}, 'config': {'dataset': 'cifar10'}}, 'x')
+    err = _one_line_error(capsys, lambda: eval_main([str(tmp_path / 'cls'), *out]))
+    assert 'classification run' in err and "gol-train's torchvision detectors" in err and 'unknown key' not in err
+    save_checkpoint(tmp_path / 'mm', {'state_dict': {}, 'meta': {}, 'model': {}, 'config': {'options': {}}}, 'x')
+    err = _one_line_error(capsys, lambda: eval_main([str(tmp_path / 'mm' / 'checkpoints' / 'x.pth'), *out]))
+    assert 'mmdetection run' in err
+    assert not (tmp_path / 'o').exists()
+
+
+def test_gol_eval_refuses_an_unverifiable_checkpoint(tiny_run, tmp_path, capsys):
+    "A bit-flipped copy without its .sha256 is not evaluated silently; with the .sha256 the flip is caught."
+    import shutil
+    run, cfg, _ = tiny_run
+    src = load_model(run).checkpoint_path
+    copy = tmp_path / 'copy.pth'; shutil.copy(src, copy)
+    data = bytearray(copy.read_bytes()); data[len(data) // 2] ^= 0x10; copy.write_bytes(bytes(data))
+    err = _one_line_error(capsys, lambda: eval_main([str(copy), '--out', str(tmp_path / 'o')]))
+    assert 'copy.pth.sha256' in err and 'cannot be verified' in err and 'trust_checkpoint' in err
+    shutil.copy(src.with_name(src.name + '.sha256'), tmp_path / 'copy.pth.sha256')
+    err = _one_line_error(capsys, lambda: eval_main([str(copy), '--out', str(tmp_path / 'o')]))
+    assert 'checksum mismatch' in err
+    # an intact copy without its .sha256: refused, accepted when trusted; a run folder likewise
+    (tmp_path / 'copy.pth.sha256').unlink(); shutil.copy(src, copy)
+    with pytest.raises(Exception, match='cannot be verified'): load_model(copy)
+    assert load_model(copy, trust_checkpoint=True).category_ids == list(range(1, 7))
+    shutil.copytree(run / 'checkpoints', tmp_path / 'r' / 'checkpoints')
+    for p in (tmp_path / 'r' / 'checkpoints').glob('*.sha256'): p.unlink()
+    with pytest.raises(Exception, match='cannot be verified'): load_model(tmp_path / 'r')
+    assert not (tmp_path / 'o').exists()
+
+
+def test_gol_eval_refuses_a_renamed_category(tiny_run, tmp_path):
+    run, cfg, _ = tiny_run
+    va = json.loads(Path(cfg.val_ann).read_text())
+    va['categories'][0]['name'] = 'renamed'
+    (tmp_path / 'va.json').write_text(json.dumps(va))
+    from gol_nb.data import DatasetError
+    with pytest.raises(DatasetError, match=r"category ids name other classes .*'renamed' here"):
+        evaluate_checkpoint(run, tmp_path / 'va.json', cfg.val_images, out_dir=tmp_path / 'o', progress=False)
+    assert not (tmp_path / 'o').exists()
+
+
+def test_gol_eval_protocols_rules_and_calibration(tiny_run, tmp_path):
+    from gol_nb.evaluate import evaluate_coco, evaluate_lvis
+    run, cfg, _ = tiny_run
+    common = ['--num-workers', '0']
+    eval_main([str(run), '--out', str(tmp_path / 'std'), *common])
+    eval_main([str(run), '--out', str(tmp_path / 'fixed'), '--protocol', 'fixed', *common])
+    got = json.loads((tmp_path / 'fixed' / 'metrics.json').read_text())
+    results = json.loads((tmp_path / 'fixed' / 'lvis_results.json').read_text())
+    assert got['AP'] == evaluate_lvis(cfg.val_ann, results, 'segm', protocol='fixed')['AP']
+    assert json.loads((tmp_path / 'fixed' / 'eval_info.json').read_text())['protocol'] == 'fixed'
+    eval_main([str(run), '--out', str(tmp_path / 'coco'), '--rules', 'coco', *common])
+    coco = json.loads((tmp_path / 'coco' / 'metrics.json').read_text())
+    assert 'APr' not in coco and {'APs', 'AR100', 'bbox_APl'} <= set(coco)
+    assert coco['AP'] == evaluate_coco(cfg.val_ann, results, 'segm')['AP']
+    std = json.loads((tmp_path / 'std' / 'metrics.json').read_text())
+    std_res = json.loads((tmp_path / 'std' / 'lvis_results.json').read_text())
+    for how in ('frequency', 'fracal'):
+        eval_main([str(run), '--out', str(tmp_path / how), '--calibrate', how, *common])
+        cal = json.loads((tmp_path / how / 'metrics.json').read_text())
+        cal_res = json.loads((tmp_path / how / 'lvis_results.json').read_text())
+        assert [r['score'] for r in cal_res] != [r['score'] for r in std_res]  # rescored...
+        assert abs(cal['AP'] - std['AP']) < 1e-12  # ...increasing within each class, and no image holds 300
+    with pytest.raises(ValueError, match='calibrate must be one of'): evaluate_checkpoint(run, calibrate='platt')
+
+
+def test_gol_predict_score_range_and_unreadable_image(tiny_run, tmp_path, capsys):
+    run, cfg, _ = tiny_run
+    img = sorted(Path(cfg.val_images).iterdir())[0]
+    err = _one_line_error(capsys, lambda: predict_main([str(run), str(img), '--score', '2']), 'gol-predict')
+    assert '--score: must be a score in [0, 1], got 2' in err
+    Image.open(img).convert('RGB').save(tmp_path / 'full.jpg', quality=95)
+    data = (tmp_path / 'full.jpg').read_bytes()
+    (tmp_path / 'cut.jpg').write_bytes(data[:len(data) // 2])
+    err = _one_line_error(capsys, lambda: predict_main([str(run), str(tmp_path / 'cut.jpg'), '--out',
+                                                       str(tmp_path / 'p')]), 'gol-predict')
+    assert str(tmp_path / 'cut.jpg') in err and 'not a readable image' in err
+
+
+def test_labels_placed_inside_small_images_without_overlap():
+    from gol_nb.detection.inference import draw_detections, label_positions
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(12, 2, generator=g) * 40
+    det = {'boxes': torch.cat([xy, xy + 4 + torch.rand(12, 2, generator=g) * 20], 1).clamp(max=63),
+           'labels': torch.randint(1, 4, (12,), generator=g), 'scores': torch.rand(12, generator=g) * .5 + .5}
+    spots = label_positions(det['boxes'].tolist(), [(30, 11)] * 12, 64, 48)
+    rects = [(x, y, x + 30, y + 11) for x, y in (s for s in spots if s is not None)]
+    assert len(rects) >= 4  # as many as the greedy placement fits; the others are left out
+    for i, r in enumerate(rects):
+        assert r[0] >= 0 and r[1] >= 0 and r[2] <= 64 and r[3] <= 48
+        assert not any(r[0] < q[2] and q[0] < r[2] and r[1] < q[3] and q[1] < r[3] for q in rects[i + 1:])
+    drawn = draw_detections(torch.zeros(3, 48, 64, dtype=torch.uint8), det, ['cat', 'dog', 'umbrella'], .3)
+    assert drawn.shape == (3, 48, 64) and drawn.dtype == torch.uint8 and drawn.any()

@@ -11,20 +11,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
-from ..data import (ClassStatistics, LVISDetection, class_statistics, detection_collate, load_lvis,
-                         with_train_frequencies)
-from ..evaluate import (BACKENDS, Detections, DetectionWriter, LVISGroundTruth, load_detections, run_lvis_eval,
-                             write_lvis_results)
-from ..engine import (apply_overrides, atomic_write_json, atomic_write_text, find_checkpoint, load_checkpoint,
-                           load_config)
+from ..data import (ClassStatistics, DatasetError, LVISDetection, class_statistics, detection_collate,
+                         load_lvis, with_train_frequencies)
+from ..evaluate import (BACKENDS, PROTOCOLS, Detections, DetectionWriter, LVISGroundTruth, calibrate_detections,
+                             fractal_dimensions, load_detections, run_coco_eval, run_lvis_eval, write_lvis_results)
+from ..engine import (CheckpointError, DeviceError, OneLineParser, apply_overrides, atomic_write_json,
+                           atomic_write_text, find_checkpoint, load_checkpoint, load_config)
 from .config import DetConfig
 from .model import detector_from_config, predict
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'to_lvis_detections', 'to_lvis_records', 'predict_to_file', 'evaluate_detections',
-           'evaluate_detector', 'checkpoint_classes', 'classes_statistics', 'locate_checkpoint', 'resolve_device',
-           'load_model', 'as_validation_set', 'evaluate_checkpoint', 'eval_main', 'class_colour', 'draw_detections',
-           'predict_images', 'predict_main']
+__all__ = ['RULES', 'CALIBRATIONS', 'IMAGE_SUFFIXES', 'to_lvis_detections', 'to_lvis_records', 'predict_to_file',
+           'evaluate_detections', 'evaluate_detector', 'checkpoint_classes', 'classes_statistics', 'locate_checkpoint',
+           'resolve_device', 'load_model', 'as_validation_set', 'evaluate_checkpoint', 'eval_main', 'class_colour',
+           'label_positions', 'draw_detections', 'predict_images', 'predict_main']
 
 # %% ../../nbs/04d_detection.inference.ipynb #9a0d21b2
 def to_lvis_detections(dets: Sequence[dict], # per image: boxes (xyxy), labels (1..C), scores[, masks N x 1 x H x W]
@@ -89,16 +89,22 @@ def predict_to_file(model: torch.nn.Module, # the detector (unwrapped)
             w.write(to_lvis_detections(out, [t['image_id'] for t in tgts], cats, mask_thresh))
     return Path(path)
 
+RULES = ('lvis', 'coco') # LVIS's federated rules (APr/c/f), or COCO's (exhaustive labels, APs/m/l, AR1/10/100)
+
 def evaluate_detections(gt, # LVISGroundTruth, LVIS dict or file
                         detections, # `Detections`, detection files, ...
                         backend: str = 'hotcoco', # 'hotcoco' or 'lvis'
                         max_dets: int = 300, # detections per image
+                        protocol: str = 'standard', # 'standard' (max_dets per image) or 'fixed' (10,000 per class)
+                        rules: str = 'lvis', # 'lvis' or 'coco' (hotcoco's COCO mode; backend and protocol unused)
                        ) -> tuple[dict, 'pd.DataFrame']:
     "Mask and box AP of detections with masks: (metrics, per-class table); `AP` is mask AP, `APb` box AP."
+    if rules not in RULES: raise ValueError(f"rules must be one of {RULES}, got {rules!r}")
     gt = LVISGroundTruth.of(gt)
     dets = load_detections(detections)
-    segm = run_lvis_eval(gt, dets, 'segm', backend, max_dets)
-    bbox = run_lvis_eval(gt, dets.without_masks(), 'bbox', backend, max_dets)
+    run = ((lambda d, t: run_coco_eval(gt, d, t)) if rules == 'coco' else
+           (lambda d, t: run_lvis_eval(gt, d, t, backend, max_dets, protocol=protocol)))
+    segm, bbox = run(dets, 'segm'), run(dets.without_masks(), 'bbox')
     metrics = dict(segm.metrics)
     metrics.update({f'bbox_{k}': v for k, v in bbox.metrics.items()})
     metrics['APb'] = metrics['bbox_AP']
@@ -153,7 +159,23 @@ def classes_statistics(classes: dict # a `checkpoint_classes` record
                            int(classes['num_images']), list(classes['frequency']))
 
 # %% ../../nbs/04d_detection.inference.ipynb #1d39e727
-def locate_checkpoint(src: str | os.PathLike # a run folder (its newest readable checkpoint) or a checkpoint file
+def _other_trainer(ckpt) -> Optional[str]:
+    "What wrote `ckpt` when it is not gol-train's torchvision detector: a sentence, else None."
+    if not isinstance(ckpt, dict): return None
+    if 'state_dict' in ckpt and 'meta' in ckpt:
+        return "an mmdetection run's (gol-train --engine mmdet), which evaluates itself: see its metrics.json"
+    if 'stage' in ckpt: return "a classification run's (gol-train-cls): its test figures are in its metrics.json"
+    return None
+
+def _require_checksum(path: Path, trust: bool):
+    "Refuse a checkpoint without its recorded sha256, unless trusted."
+    if trust or path.with_name(path.name + '.sha256').is_file(): return
+    raise CheckpointError(f"{path}: no {path.name}.sha256 beside it, so its weights cannot be verified (a corrupted or "
+                          "partly copied file would be evaluated without a word); gol-train writes one with every "
+                          "checkpoint: copy it along, or use the file as it is with trust_checkpoint=True")
+
+def locate_checkpoint(src: str | os.PathLike, # a run folder (its newest readable checkpoint) or a checkpoint file
+                      trust_checkpoint: bool = False, # accept a checkpoint without its .sha256 (unverifiable)
                      ) -> tuple[Path, dict, DetConfig]:
     "(checkpoint path, checkpoint, config) of a run folder or a checkpoint file."
     src = Path(src)
@@ -161,11 +183,16 @@ def locate_checkpoint(src: str | os.PathLike # a run folder (its newest readable
         path, ckpt, skipped = find_checkpoint(src)  # the newest that verifies
         for s in skipped: print(s, file=sys.stderr)
         if path is None: raise FileNotFoundError(f"{src}: no readable checkpoint under {src / 'checkpoints'}")
+        _require_checksum(path, trust_checkpoint)
         run = src
     elif src.is_file():
         path, run = src, src.parent.parent if src.parent.name == 'checkpoints' else src.parent
+        _require_checksum(path, trust_checkpoint)
         ckpt = load_checkpoint(path)
     else: raise FileNotFoundError(f"{src}: neither a run folder nor a checkpoint file")
+    other = _other_trainer(ckpt)
+    if other: raise ValueError(f"{path}: this checkpoint is {other}; gol-eval and gol-predict take the run folders and "
+                               "checkpoints of gol-train's torchvision detectors (gol-train without --engine mmdet)")
     if not isinstance(ckpt, dict) or 'model' not in ckpt: raise ValueError(f"{path}: not a gol_nb detection checkpoint")
     if isinstance(ckpt.get('config'), dict):
         try: cfg = apply_overrides(DetConfig(), ckpt['config'])
@@ -189,16 +216,26 @@ def _build(cfg: DetConfig, stats: ClassStatistics) -> torch.nn.Module:
         return detector_from_config(dataclasses.replace(cfg, pretrained='none'), stats)
 
 def resolve_device(device: str | torch.device = 'auto') -> torch.device:
-    "'auto': the GPU when there is one, else the CPU."
+    "'auto': the GPU when there is one, else the CPU; a GPU asked for that is not there: one sentence."
     if str(device) == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(device)
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda' (or 'cuda:N'), got {str(device)!r}") from None
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if dev.type == 'cuda' and (dev.index or 0) >= n:
+        have = 'no GPU is visible' if n == 0 else f'only {n} GPU(s) are visible'
+        raise DeviceError(f"device {str(device)!r} asked for, but {have} (CUDA_VISIBLE_DEVICES="
+                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): use device 'cpu' or 'auto'")
+    return dev
 
 def load_model(run_dir_or_checkpoint: str | os.PathLike, # a run folder (its newest checkpoint) or a checkpoint file
                device: str | torch.device = 'cpu', # where to put the model ('auto': the GPU if any)
                train_ann: str | os.PathLike | None = None, # training annotations, only for checkpoints without classes
+               trust_checkpoint: bool = False, # accept a checkpoint without its .sha256 (unverifiable)
               ) -> torch.nn.Module:
     "The trained detector of a run or checkpoint, in eval mode, with its classes (`category_ids`, `class_names`)."
-    path, ckpt, cfg = locate_checkpoint(run_dir_or_checkpoint)
+    dev = resolve_device(device)
+    path, ckpt, cfg = locate_checkpoint(run_dir_or_checkpoint, trust_checkpoint)
     classes = _classes(ckpt, cfg, path, train_ann)
     model = _build(cfg, classes_statistics(classes))
     try: model.load_state_dict(ckpt['model'])
@@ -207,7 +244,7 @@ def load_model(run_dir_or_checkpoint: str | os.PathLike, # a run folder (its new
     model.classes, model.category_ids, model.class_names = classes, list(classes['category_ids']), list(classes['names'])
     model.run_config, model.checkpoint_path, model.backbone_weights = cfg, path, str(path)
     model.checkpoint_info = {k: ckpt[k] for k in ('epoch', 'iteration') if k in ckpt}
-    return model.to(resolve_device(device)).eval()
+    return model.to(dev).eval()
 
 # %% ../../nbs/04d_detection.inference.ipynb #42080e3c
 def _eval_set(cfg: DetConfig, ckpt: dict, ann, images) -> tuple[str, str]:
@@ -224,6 +261,14 @@ def as_validation_set(ann: str | os.PathLike | dict, # an LVIS or COCO-format an
                      ) -> dict:
     "An evaluation set prepared as the trainer prepares its validation set, from the model's classes."
     va = load_lvis(ann)
+    names = dict(zip(classes['category_ids'], classes['names']))
+    renamed = [(c['id'], c.get('name') or str(c['id']), names[c['id']]) for c in va['categories']
+               if c['id'] in names and (c.get('name') or str(c['id'])) != names[c['id']]]
+    if renamed:
+        eg = '; '.join(f"id {i}: '{a}' here, '{b}' in training" for i, a, b in renamed[:3])
+        raise DatasetError(f"{va.source}: {len(renamed)} category ids name other classes than the model's training set "
+                           f"({eg}): categories are matched by id, so the file must use the training ids for the same "
+                           "classes")
     have = {c['id'] for c in va['categories']}
     missing = [(i, n) for i, n in zip(classes['category_ids'], classes['names']) if i not in have]
     if missing:
@@ -234,24 +279,51 @@ def as_validation_set(ann: str | os.PathLike | dict, # an LVIS or COCO-format an
             zip(classes['category_ids'], classes['names'], classes['image_counts'], classes['frequency'])]
     return with_train_frequencies(va, {'images': [], 'annotations': [], 'categories': cats})
 
+CALIBRATIONS = ('none', 'frequency', 'fracal') # no rescoring; w_c only; w_c + f_c (`gol_nb.evaluate`)
+
+def _calibrate(d: Detections, model: torch.nn.Module, how: str, lam: float, train_ann) -> Detections:
+    "The detections rescored from the model's training classes (FRACAL's formula, see `calibrate_detections`)."
+    if how not in CALIBRATIONS: raise ValueError(f"calibrate must be one of {CALIBRATIONS}, got {how!r}")
+    if how == 'none': return d
+    stats, fractal = classes_statistics(model.classes), None
+    if how == 'fracal':
+        ann = train_ann or model.run_config.train_ann
+        if not ann: raise ValueError("calibrate='fracal' needs the training annotations (train_ann) for the classes' "
+                                     "fractal dimensions: this run trained on the synthetic set")
+        tr = load_lvis(ann)
+        if sorted(c['id'] for c in tr['categories']) != [int(i) for i in stats.category_ids]:
+            raise ValueError(f"{ann}: its categories are not the model's classes: give the run's training annotations")
+        fractal = fractal_dimensions(tr)
+    return calibrate_detections(d, stats, model.roi_heads.cls_loss.activation, fractal, lam)
+
 def evaluate_checkpoint(run_dir_or_checkpoint: str | os.PathLike, # a run folder or a checkpoint file
                         ann: str | os.PathLike | None = None, # annotation json (default: the run's validation set)
                         images: str | os.PathLike | None = None, # image folder of `ann`
                         out_dir: str | os.PathLike | None = None, # output folder (default: RUN_DIR/gol_eval/...)
                         backend: str = 'hotcoco', # 'hotcoco' or 'lvis'
-                        max_images: int = 0, # evaluate the first images only (0: all)
+                        max_images: Optional[int] = None, # evaluate the first images only (None or 0: all)
                         batch_size: Optional[int] = None, # images per forward pass (default: the run's)
                         num_workers: int = 2, # DataLoader workers
                         device: str = 'auto', # 'auto', 'cpu', 'cuda'
-                        train_ann: str | os.PathLike | None = None, # only for checkpoints without classes
+                        train_ann: str | os.PathLike | None = None, # checkpoints without classes; 'fracal' calibration
                         progress: bool = True, # show a progress bar
+                        protocol: str = 'standard', # 'standard' (300 per image) or 'fixed' (10,000 per class)
+                        rules: str = 'lvis', # 'lvis' or 'coco' (COCO's rules: APs/m/l, no frequency groups)
+                        calibrate: str = 'none', # 'none', 'frequency' or 'fracal' (post-hoc rescoring)
+                        fractal_lambda: float = 2.0, # the exponent lambda of FRACAL's fractal term
+                        trust_checkpoint: bool = False, # accept a checkpoint without its .sha256
                        ) -> dict:
     "Evaluate a trained detector; write metrics.json, per_class_ap.csv, lvis_results.json, eval_info.json."
     if backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    path, ckpt, cfg = locate_checkpoint(run_dir_or_checkpoint)
-    ann, images = _eval_set(cfg, ckpt, ann, images)
+    if protocol not in PROTOCOLS: raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if rules not in RULES: raise ValueError(f"rules must be one of {RULES}, got {rules!r}")
+    if calibrate not in CALIBRATIONS: raise ValueError(f"calibrate must be one of {CALIBRATIONS}, got {calibrate!r}")
+    if max_images is not None and not (isinstance(max_images, int) and max_images >= 0):
+        raise ValueError(f"max_images must be >= 1 (None or 0: all the images), got {max_images!r}")
     dev = resolve_device(device)
-    model = load_model(path, dev, train_ann)
+    path, ckpt, cfg = locate_checkpoint(run_dir_or_checkpoint, trust_checkpoint)
+    ann, images = _eval_set(cfg, ckpt, ann, images)
+    model = load_model(path, dev, train_ann, trust_checkpoint)
     run = path.parent.parent if path.parent.name == 'checkpoints' else path.parent
     out = Path(out_dir) if out_dir else run / 'gol_eval' / f'{path.stem}-{Path(ann).stem}'
     t0 = time.time()
@@ -264,24 +336,37 @@ def evaluate_checkpoint(run_dir_or_checkpoint: str | os.PathLike, # a run folder
     gt = LVISGroundTruth(ds.lvis)
     if n < len(ds): gt = gt.subset([im['id'] for im in ds.images[:n]])
     try:
-        metrics, table = evaluate_detections(gt, files, backend, cfg.detections_per_img)
-        write_lvis_results(files, out / 'lvis_results.json')
+        dets = _calibrate(load_detections(files), model, calibrate, fractal_lambda, train_ann)
+        metrics, table = evaluate_detections(gt, dets, backend, cfg.detections_per_img, protocol, rules)
+        write_lvis_results(dets, out / 'lvis_results.json')
     finally: files.unlink(missing_ok=True)
-    metrics = {'AP': metrics['AP'], 'APr': metrics['APr'], 'APc': metrics['APc'], 'APf': metrics['APf'],
-               'APb': metrics['APb'], **metrics, **{k + 's': v for k, v in model.checkpoint_info.items()}}
+    head = {k: metrics[k] for k in ('AP', 'APr', 'APc', 'APf', 'APb') if k in metrics}
+    metrics = {**head, **metrics, **{k + 's': v for k, v in model.checkpoint_info.items()}}
     atomic_write_text(out / 'per_class_ap.csv', table.to_csv(index=False))
     atomic_write_json(out / 'metrics.json', metrics)
     atomic_write_json(out / 'eval_info.json', {'checkpoint': str(path), 'ann': str(ann), 'images': str(images),
                                                'num_images': n, 'backend': backend, 'device': str(dev),
+                                               'protocol': protocol, 'rules': rules, 'calibrate': calibrate,
                                                'seconds': round(time.time() - t0, 1)})
     return metrics
+
+def _at_least_one(s: str) -> int:
+    v = int(s)
+    if v < 1: raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+def _cli(p: argparse.ArgumentParser, debug: bool, f):
+    "f(), its errors as one line `prog: error: ...` (exit 2); with --debug, the traceback."
+    try: return f()
+    except Exception as e:
+        if debug: raise
+        p.exit(2, f"{p.prog}: error: {' '.join(str(e).split())} (--debug shows the traceback)\n")
 
 def eval_main(argv: Optional[list[str]] = None # command-line arguments (default: sys.argv[1:])
              ):
     "gol-eval: evaluate a trained detector on an LVIS/COCO-format set."
-    p = argparse.ArgumentParser(prog='gol-eval', description='Evaluate a trained detector (a run folder or a '
-                                'checkpoint): box and mask AP, per-class AP, and the LVIS results json. Writes to --out '
-                                'only.')
+    p = OneLineParser(prog='gol-eval', description='Evaluate a trained detector (a run folder or a checkpoint): box '
+                      'and mask AP, per-class AP, and the LVIS results json. Writes to --out only.')
     p.add_argument('run', metavar='RUN_DIR_OR_CHECKPOINT',
                    help='a gol-train run folder (its newest checkpoint) or a .pth file')
     p.add_argument('--ann', help="annotation json, LVIS or COCO format (default: the run's validation set)")
@@ -289,17 +374,28 @@ def eval_main(argv: Optional[list[str]] = None # command-line arguments (default
     p.add_argument('--out', help='output folder (default: RUN_DIR/gol_eval/<checkpoint>-<annotation file>)')
     p.add_argument('--backend', default='hotcoco', choices=BACKENDS,
                    help='hotcoco (fast) or lvis (lvis-api, the reference)')
-    p.add_argument('--max-images', type=int, default=0, help='evaluate the first N images only (0: all)')
-    p.add_argument('--batch-size', type=int, help="images per forward pass (default: the run's)")
+    p.add_argument('--protocol', default='standard', choices=PROTOCOLS,
+                   help="standard (LVIS: 300 detections per image) or fixed (Fixed AP: 10,000 per class, no cap)")
+    p.add_argument('--rules', default='lvis', choices=RULES,
+                   help="lvis (federated, APr/c/f) or coco (COCO's rules: APs/m/l, AR1/10/100)")
+    p.add_argument('--calibrate', default='none', choices=CALIBRATIONS,
+                   help="rescore the detections from the training classes: frequency (logit adjustment) or fracal "
+                        "(with the fractal dimensions; needs the training annotations)")
+    p.add_argument('--fractal-lambda', type=float, default=2.0, help="FRACAL's lambda (default 2)")
+    p.add_argument('--max-images', type=_at_least_one, help='evaluate the first N images only (default: all)')
+    p.add_argument('--batch-size', type=_at_least_one, help="images per forward pass (default: the run's)")
     p.add_argument('--num-workers', type=int, default=2, help='data loading processes')
     p.add_argument('--device', default='auto', help="'auto' (GPU if any), 'cpu' or 'cuda'")
-    p.add_argument('--train-ann', help='training annotations (only for checkpoints that do not record their classes)')
+    p.add_argument('--train-ann', help='training annotations (checkpoints that do not record their classes; fracal)')
+    p.add_argument('--trust-checkpoint', action='store_true',
+                   help='use a checkpoint that has no .sha256 beside it (its integrity cannot be checked)')
+    p.add_argument('--debug', action='store_true', help='show the traceback of an error')
     a = p.parse_args(argv)
-    try:
-        m = evaluate_checkpoint(a.run, a.ann, a.images, a.out, a.backend, a.max_images, a.batch_size, a.num_workers,
-                                a.device, a.train_ann)
-    except (FileNotFoundError, ValueError) as e: p.error(str(e))
-    print(json.dumps({k: round(m[k], 4) for k in ('AP', 'APr', 'APc', 'APf', 'APb')}), flush=True)
+    m = _cli(p, a.debug, lambda: evaluate_checkpoint(
+        a.run, a.ann, a.images, a.out, a.backend, a.max_images, a.batch_size, a.num_workers, a.device, a.train_ann,
+        protocol=a.protocol, rules=a.rules, calibrate=a.calibrate, fractal_lambda=a.fractal_lambda,
+        trust_checkpoint=a.trust_checkpoint))
+    print(json.dumps({k: round(m[k], 4) for k in ('AP', 'APr', 'APc', 'APf', 'APb') if k in m}), flush=True)
 
 # %% ../../nbs/04d_detection.inference.ipynb #a2854be2
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -310,6 +406,35 @@ def class_colour(label: int) -> tuple[int, int, int]:
     r, g, b = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1, 0.75, 1.0)
     return int(r * 255), int(g * 255), int(b * 255)
 
+def _free_spot(occ: np.ndarray, w: int, h: int, near: list) -> Optional[tuple[int, int]]:
+    "Top-left corner of a free w x h place on `occ`: the first free one of `near`, else the free one closest to it."
+    H, W = occ.shape
+    clamp = lambda x, y: (int(min(max(x, 0), W - w)), int(min(max(y, 0), H - h)))
+    for x, y in (clamp(*p) for p in near):
+        if not occ[y:y + h, x:x + w].any(): return x, y
+    S = np.pad(occ.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # integral image: every window at once
+    free = (S[h:, w:] - S[:-h, w:] - S[h:, :-w] + S[:-h, :-w]) == 0  # (H - h + 1, W - w + 1) top-left corners
+    if not free.any(): return None
+    ys, xs = np.nonzero(free)
+    x0, y0 = clamp(*near[0])
+    k = int(np.argmin((xs - x0) ** 2 + (ys - y0) ** 2))
+    return int(xs[k]), int(ys[k])
+
+def label_positions(boxes: Sequence[Sequence[float]], # each label's box (x1, y1, x2, y2), in drawing order
+                    sizes: Sequence[tuple[int, int]], # each label's (width, height) in pixels
+                    width: int, height: int, # the image's size
+                   ) -> list[Optional[tuple[int, int]]]:
+    "Top-left corner of each label, inside the image and off the labels placed before it; None where none is free."
+    occ, out = np.zeros((height, width), bool), []
+    for (x1, y1, x2, y2), (w, h) in zip(boxes, sizes):
+        spot = None
+        if 0 < w <= width and 0 < h <= height:  # next to the box first, else the free place closest to it
+            near = [(x1, y1 - h), (x1, y1), (x1, y2), (x1, y2 - h), (x2 - w, y1 - h), (x2 - w, y2)]
+            spot = _free_spot(occ, w, h, near)
+        if spot: occ[spot[1]:spot[1] + h, spot[0]:spot[0] + w] = True
+        out.append(spot)
+    return out
+
 def draw_detections(image: torch.Tensor, # 3 x H x W, uint8 or float in [0, 1]
                     det: dict, # boxes (xyxy), labels (1..C), scores[, masks N x 1 x H x W]
                     names: Sequence[str], # class name of labels 1..C
@@ -317,18 +442,31 @@ def draw_detections(image: torch.Tensor, # 3 x H x W, uint8 or float in [0, 1]
                     mask_thresh: float = 0.5, # mask binarisation threshold
                     show_scores: bool = True, # write the score after the class name
                    ) -> torch.Tensor:
-    "The image (3 x H x W uint8) with the masks, boxes, class names and scores drawn."
+    "The image (3 x H x W uint8) with the masks, boxes, class names and scores drawn (labels never overlap)."
+    from PIL import Image, ImageDraw, ImageFont
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
     img = image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).round().to(torch.uint8)
     img = img.cpu()
     keep = (det['scores'] >= score_thresh).cpu()
     if not keep.any(): return img
-    labels, scores = det['labels'].cpu()[keep].tolist(), det['scores'].cpu()[keep].tolist()
+    order = torch.argsort(det['scores'].cpu()[keep], descending=True)  # the best detections get their labels first
+    labels, scores = det['labels'].cpu()[keep][order].tolist(), det['scores'].cpu()[keep][order].tolist()
+    boxes = det['boxes'].cpu()[keep][order]
     colours = [class_colour(l) for l in labels]
     if 'masks' in det:
-        img = draw_segmentation_masks(img, det['masks'].cpu()[keep][:, 0] > mask_thresh, alpha=0.45, colors=colours)
+        masks = det['masks'].cpu()[keep][order][:, 0] > mask_thresh
+        img = draw_segmentation_masks(img, masks, alpha=0.45, colors=colours)
+    img = draw_bounding_boxes(img, boxes, colors=colours, width=2)
+    pil = Image.fromarray(img.permute(1, 2, 0).numpy())
+    draw, font = ImageDraw.Draw(pil), ImageFont.load_default()
     text = [f'{names[l - 1]} {s:.2f}' if show_scores else names[l - 1] for l, s in zip(labels, scores)]
-    return draw_bounding_boxes(img, det['boxes'].cpu()[keep], labels=text, colors=colours, width=2)
+    sizes = [(r - l + 2, b - t + 2) for l, t, r, b in (draw.textbbox((0, 0), t, font=font) for t in text)]
+    for t, (w, h), c, xy in zip(text, sizes, colours, label_positions(boxes.tolist(), sizes, *pil.size)):
+        if xy is None: continue  # no free place left on a small image: the box and mask stay, the label goes
+        draw.rectangle([xy[0], xy[1], xy[0] + w - 1, xy[1] + h - 1], fill=c)
+        l, t0, _, _ = draw.textbbox((0, 0), t, font=font)
+        draw.text((xy[0] + 1 - l, xy[1] + 1 - t0), t, fill=(0, 0, 0), font=font)
+    return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
 
 def _image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     out = []
@@ -352,7 +490,10 @@ def predict_images(model: torch.nn.Module, # from `load_model`
     device = next(model.parameters()).device
     records, used = [], set()
     for p in _image_files(paths):
-        with Image.open(p) as f: rgb = np.array(f.convert('RGB'))
+        try:
+            with Image.open(p) as f: rgb = np.array(f.convert('RGB'))
+        except (OSError, ValueError, SyntaxError) as e:  # truncated, corrupt or not an image
+            raise ValueError(f"{p}: not a readable image ({type(e).__name__}: {e})") from None
         x = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
         det = predict(model, [x.float().div(255).to(device)])[0]
         keep = det['scores'] >= score_thresh
@@ -370,21 +511,29 @@ def predict_images(model: torch.nn.Module, # from `load_model`
     atomic_write_json(out / 'detections.json', records)
     return records
 
+def _unit(s: str) -> float:
+    v = float(s)
+    if not 0 <= v <= 1: raise argparse.ArgumentTypeError(f"must be a score in [0, 1], got {s}")
+    return v
+
 def predict_main(argv: Optional[list[str]] = None # command-line arguments (default: sys.argv[1:])
                 ):
     "gol-predict: detect objects in images with a trained detector; save the drawn images and the detections."
-    p = argparse.ArgumentParser(prog='gol-predict', description='Run a trained detector on images: drawn detections '
-                                '(masks, boxes, class names, scores) saved as images, and detections.json.')
+    p = OneLineParser(prog='gol-predict', description='Run a trained detector on images: drawn detections (masks, '
+                      'boxes, class names, scores) saved as images, and detections.json.')
     p.add_argument('run', metavar='RUN_DIR_OR_CHECKPOINT',
                    help='a gol-train run folder (its newest checkpoint) or a .pth file')
     p.add_argument('images', metavar='IMAGES', nargs='+', help='image files or folders of images')
-    p.add_argument('--score', type=float, default=0.3, help='keep detections scoring at least this (default 0.3)')
+    p.add_argument('--score', type=_unit, default=0.3, help='keep detections scoring at least this, in [0, 1] '
+                   '(default 0.3)')
     p.add_argument('--out', default='gol_predict', help='output folder (default: ./gol_predict)')
     p.add_argument('--device', default='auto', help="'auto' (GPU if any), 'cpu' or 'cuda'")
     p.add_argument('--train-ann', help='training annotations (only for checkpoints that do not record their classes)')
+    p.add_argument('--trust-checkpoint', action='store_true',
+                   help='use a checkpoint that has no .sha256 beside it (its integrity cannot be checked)')
+    p.add_argument('--debug', action='store_true', help='show the traceback of an error')
     a = p.parse_args(argv)
-    try:
-        recs = predict_images(load_model(a.run, a.device, a.train_ann), a.images, a.out, a.score)
-    except (FileNotFoundError, ValueError) as e: p.error(str(e))
+    recs = _cli(p, a.debug, lambda: predict_images(load_model(a.run, a.device, a.train_ann, a.trust_checkpoint),
+                                                   a.images, a.out, a.score))
     n = sum(len(r['detections']) for r in recs)
     print(f"{len(recs)} images, {n} detections with score >= {a.score}: {Path(a.out) / 'detections.json'}", flush=True)
