@@ -466,6 +466,11 @@ class RunState:
 _RUN_LOCKS: dict[str, int] = {}  # run folder (resolved) -> the open lock file this process holds
 LOCK_ENV = 'GOL_RUN_LOCK'        # set by `launch_run` for its ranks: the folder their launcher holds
 
+def _same_file(path: Path, fd: int) -> bool:
+    "Whether `path` still names the open file `fd` (a lock file is removed by the holder that lets go of it)."
+    try: return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError: return False
+
 def lock_run_folder(run_dir: str | Path, # the run folder
                     hold: bool = True      # False: only check that no live process holds it (creates nothing)
                    ) -> None:
@@ -475,24 +480,30 @@ def lock_run_folder(run_dir: str | Path, # the run folder
     path = d/'.lock'
     if not hold and not path.is_file(): return
     d.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # held: the kernel drops a dead holder's lock, so this one is alive
-        holder = os.pread(fd, 200, 0).decode('utf-8', errors='replace').strip() or 'a process'
-        os.close(fd)
-        raise RunFolderError(f"output_dir {d} is in use by another trainer ({holder}): one run folder takes one "
-                             "trainer at a time; wait for it to end or stop it, or choose another output_dir") from None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: the kernel drops a dead holder's lock, so this one is alive
+            holder = os.pread(fd, 200, 0).decode('utf-8', errors='replace').strip() or 'a process'
+            os.close(fd)
+            raise RunFolderError(f"output_dir {d} is in use by another trainer ({holder}): one run folder takes "
+                                 "one trainer at a time; wait for it to end or stop it, or choose another output_dir"
+                                 ) from None
+        if _same_file(path, fd): break
+        os.close(fd)  # its holder removed that file as it let go: lock the new one
     if not hold: os.close(fd); return
     os.ftruncate(fd, 0); os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
     _RUN_LOCKS[str(d)] = fd
 
 def unlock_run_folder(run_dir: str | Path | None = None # the folder (None: every folder this process holds)
                      ) -> None:
-    "Let go of the run-folder lock(s) this process holds (the file stays; a dead process's lock is free anyway)."
+    "Let go of the run-folder lock(s) this process holds and remove the lock file (a dead process's lock is free)."
     keys = list(_RUN_LOCKS) if run_dir is None else [str(Path(run_dir).resolve())]
     for k in keys:
         fd = _RUN_LOCKS.pop(k, None)
-        if fd is not None: os.close(fd)  # closing the file releases the flock
+        if fd is None: continue
+        with contextlib.suppress(OSError): os.unlink(Path(k)/'.lock')  # removed while held: no run leaves it behind
+        os.close(fd)  # closing the file releases the flock
 
 def _check_resumable(path: Path, ckpt: Any, need: tuple) -> None:
     "Raise RunFolderError naming `path` when it cannot be resumed: not a dict, keys missing, non-finite weights."

@@ -243,7 +243,7 @@ def test_cli_forms(capsys):
 
 
 def test_check_config_refuses_a_float_for_an_int_field_and_if_below_1(tmp_path):
-    with pytest.raises(ValueError, match=r'ClsConfig: epochs=2.5: expected int'):
+    with pytest.raises(ValueError, match=r'ClsConfig: epochs: expected an integer, got 2.5'):
         check_config(_tiny_cfg(tmp_path, epochs=2.5))
     with pytest.raises(ValueError, match=r'ClsConfig: imb_factor: the imbalance factor n_max / n_min must be a finite '
                                          r'number >= 1, got 0'):

@@ -450,6 +450,8 @@ def test_one_trainer_per_run_folder_and_a_dead_holders_lock_does_not_block(tmp_p
     st = prepare_run(dataclasses.replace(cfg, resume=True))  # the holder died: its lock is gone with it
     assert st.resumed and f'pid {os.getpid()} ' in (run / '.lock').read_text()
     E.unlock_run_folder(run)
+    assert not (run / '.lock').exists()  # a run that let go leaves no lock file behind
+    E.lock_run_folder(run); E.unlock_run_folder(run)  # and the folder can be locked again
 
 
 @pytest.mark.parametrize('text,says', [
