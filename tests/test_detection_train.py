@@ -235,7 +235,7 @@ def test_cli_forms(capsys):
     for k in ('--config', '--nproc', '--gpus', '--list-presets', '--engine', '--check-images', 'base_lr=0.02',
               'checkpoint_minutes=15.0', 'accept_changes=[]', 'hang_timeout=600.0'):
         assert k in h, k
-    with pytest.raises(SystemExit) as e: main(['--config', 'demo_cpu', 'loss=focal'])
+    with pytest.raises(SystemExit) as e: main(['--config', 'demo_cpu', 'loss=no_such_loss'])
     assert e.value.code == 2 and capsys.readouterr().err.count('\n') == 1
 
 

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/04c_detection.train.ipynb #419e33d4
 from __future__ import annotations
-import argparse, contextlib, json, math, os, sys, warnings
+import argparse, contextlib, importlib, json, math, os, sys, warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -252,7 +252,7 @@ MMDET_MISSING = ("the mmdetection engine is not installed: run `make mmdet` (bui
 
 def mmdet_runner():
     "The module `gol_nb.mmdet_runner`; a RunSetupError saying how to install it when mmdet/mmcv/mmengine are missing."
-    try: import gol_nb.mmdet_runner as runner
+    try: runner = importlib.import_module('gol_nb.mmdet_runner')  # the module in sys.modules, as imported
     except ImportError as e:
         if (getattr(e, 'name', None) or '').split('.')[0] in ('mmdet', 'mmcv', 'mmengine'):
             raise RunSetupError(MMDET_MISSING) from None
