@@ -19,12 +19,13 @@ import yaml
 __all__ = ['RUN_DEVICES', 'RUN_FILES', 'LOCK_ENV', 'disk_full_error', 'atomic_write_bytes', 'atomic_write_text',
            'atomic_write_json', 'atomic_save', 'remove_orphans', 'CheckpointError', 'NonFiniteError',
            'nonfinite_tensors', 'save_checkpoint', 'verify_checkpoint', 'load_checkpoint', 'find_checkpoint',
-           'latest_checkpoint', 'seed_everything', 'rng_state', 'set_rng_state', 'apply_overrides', 'config_to_dict',
-           'save_config', 'read_yaml', 'load_config', 'field_docs', 'RunConfig', 'check_run_config', 'RunSetupError',
-           'RunFolderError', 'ConfigMismatchError', 'run_contents', 'run_status', 'resume_changes', 'RunState',
-           'lock_run_folder', 'unlock_run_folder', 'prepare_run', 'check_state_shapes', 'scaled_lr', 'schedule_lr',
-           'DistInfo', 'init_distributed', 'is_main_process', 'barrier', 'cleanup_distributed', 'DeviceError',
-           'require_devices', 'RunInterrupted', 'RunGuard', 'RankFailedError', 'launch_torchrun', 'launch_run',
+           'latest_checkpoint', 'seed_everything', 'rng_state', 'set_rng_state', 'gather_rng_states',
+           'restore_rng_state', 'checkpoint_step', 'apply_overrides', 'config_to_dict', 'save_config', 'read_yaml',
+           'load_config', 'field_docs', 'RunConfig', 'check_run_config', 'RunSetupError', 'RunFolderError',
+           'ConfigMismatchError', 'run_contents', 'run_status', 'resume_changes', 'RunState', 'lock_run_folder',
+           'unlock_run_folder', 'prepare_run', 'check_state_shapes', 'scaled_lr', 'schedule_lr', 'DistInfo',
+           'init_distributed', 'is_main_process', 'barrier', 'cleanup_distributed', 'DeviceError', 'require_devices',
+           'RunInterrupted', 'RunGuard', 'RankFailedError', 'launch_torchrun', 'launch_run', 'train_or_launch',
            'read_jsonl', 'JSONLLogger', 'OneLineParser', 'config_help', 'trainer_parser', 'parse_trainer_args',
            'run_trainer_cli']
 
@@ -200,6 +201,37 @@ def set_rng_state(state: dict) -> None:
     "Restore what `rng_state` returned."
     random.setstate(state['python']); np.random.set_state(state['numpy']); torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
+
+# %% ../nbs/04_engine.ipynb #5b1b0c8e
+def gather_rng_states(world_size: int # processes in the run (1: no gathering)
+                     ) -> list[dict]:
+    "Every rank's RNG state in rank order (every rank must call it); a one-item list in a single process."
+    mine = rng_state()
+    if world_size <= 1 or not dist.is_initialized(): return [mine]
+    out = [None] * world_size; dist.all_gather_object(out, mine)
+    return out
+
+def restore_rng_state(saved: dict | list, # a checkpoint's `rng`: one state a rank (a bare dict in old checkpoints)
+                      rank: int           # this process's rank
+                     ) -> None:
+    "Restore this rank's RNG state from a checkpoint (rank 0's when the run now has more ranks than it saved)."
+    if isinstance(saved, list): saved = saved[min(rank, len(saved) - 1)]
+    set_rng_state(saved)
+
+def checkpoint_step(run_dir: str | Path, # the run's folder
+                    state: dict,         # what to save (model, optimizer, counters, config...)
+                    tag: str,            # the checkpoint's name, e.g. 'epoch_003'
+                    keep: int,           # checkpoints kept (0: all)
+                    world_size: int,     # processes in the run
+                    rank: int,           # this process's rank
+                    guard: Any = None,   # a RunGuard: weights verified before, cadence reset after
+                   ) -> Path | None:
+    "Save a checkpoint from every rank's call: weights checked, RNG states gathered, rank 0 writes; its path there."
+    if guard is not None: guard.verify()
+    state = {**state, 'rng': gather_rng_states(world_size), 'world_size': world_size}
+    path = save_checkpoint(run_dir, state, tag, keep=keep) if rank == 0 else None
+    if guard is not None: guard.saved()
+    return path
 
 # %% ../nbs/04_engine.ipynb #af95fe0f
 _KINDS = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string', dict: 'a mapping'}
@@ -1070,6 +1102,23 @@ def launch_run(cfg: RunConfig,           # the run's config (any trainer's)
         return json.loads((out / result).read_text())
     finally:
         if not held: unlock_run_folder(out)
+
+# %% ../nbs/04_engine.ipynb #bed098fe
+def train_or_launch(cfg: RunConfig,           # the run's config (any trainer's)
+                    train: Callable,          # `train(cfg) -> dict`: the trainer's loop, in this process
+                    module: str,              # the trainer module, run as `python -m module --config <yaml>`
+                    nproc: int = 1,           # processes (GPUs; CPU processes with device=cpu)
+                    check: Callable | None = None, # `check(cfg, nproc)`: raises before any rank starts
+                    result: str = 'metrics.json',  # the file rank 0 writes at the end
+                    env: dict | None = None,  # extra environment of the ranks
+                    gpus: bool = False,       # GPUs asked for by name: fail at once when there are not `nproc`
+                   ) -> dict:
+    "Train in this process (one process, or inside a torchrun rank) or launch `nproc` ranks; return the result."
+    if 'LOCAL_RANK' in os.environ: return train(cfg)
+    require_devices(nproc, cfg.device, gpus=gpus)
+    if nproc <= 1: return train(cfg)
+    if check is not None: check(cfg, nproc)
+    return launch_run(cfg, module, nproc, result, env=env)
 
 # %% ../nbs/04_engine.ipynb #11e7f9bf
 def read_jsonl(path: str | Path # a JSON-lines file
