@@ -16,7 +16,7 @@ import torch.distributed as dist
 import yaml
 
 # %% auto #0
-__all__ = ['RUN_DEVICES', 'RUN_FILES', 'LOCK_ENV', 'disk_full_error', 'atomic_write_bytes', 'atomic_write_text',
+__all__ = ['RUN_DEVICES', 'RUN_FILES', 'LOCK_ENV', 'MMDET_MISSING', 'disk_full_error', 'atomic_write_bytes', 'atomic_write_text',
            'atomic_write_json', 'atomic_save', 'remove_orphans', 'CheckpointError', 'NonFiniteError',
            'nonfinite_tensors', 'save_checkpoint', 'verify_checkpoint', 'load_checkpoint', 'find_checkpoint',
            'latest_checkpoint', 'seed_everything', 'rng_state', 'set_rng_state', 'gather_rng_states',
@@ -1155,6 +1155,9 @@ class JSONLLogger:
     def read(self) -> list[dict]: return read_jsonl(self.path)
 
 # %% ../nbs/04_engine.ipynb #5d8c58b4
+MMDET_MISSING = ("the mmdetection engine is not installed: run `make mmdet` (builds mmcv once, 10-45 min "
+                 "on 2 cores)")
+
 class OneLineParser(argparse.ArgumentParser):
     "An ArgumentParser whose errors are one line: `prog: error: message (see --help)`."
     def error(self, message):
