@@ -8,7 +8,7 @@ OUT ?= outputs
 LAB_STAMP := $(VENV)/.lab-installed
 LAB_ARGS ?=
 
-.PHONY: test test-slow demo readme study-table lab install mmdet bench clean-nbs
+.PHONY: test test-slow demo readme study-table lab install mmdet bench gpu-check clean-nbs
 
 MMDET_STAMP := $(VENV)/.mmdet-installed
 
@@ -77,6 +77,12 @@ lab: $(LAB_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_losses.py
+
+# What only a GPU machine can show, in one script (<= 8 min there): the loss benchmark, a fp32 and a bf16 step of every
+# paper preset, the evaluation benchmark, a 2-GPU torchrun launch, an mmdetection step on CUDA; written to
+# $(OUT)/gpu_check.json. Its CPU smoke (CI runs it): make gpu-check ARGS='--cpu --quick'
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --out $(OUT)/gpu_check.json $(ARGS)
 
 clean-nbs: $(STAMP)
 	$(BIN)/nbdev_clean

@@ -32,6 +32,64 @@ def saved_bytes(loss_fn) -> int:
     return sum(seen.values())
 
 
+def loss_cases(N, C, device, fg=.25, fused=True) -> dict:
+    "Name -> a function returning the reduced loss on shared (N, C) logits; the first is the BCE reference."
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(N, C, generator=g) * 2 - 4).to(device).requires_grad_()
+    labels = torch.where(torch.rand(N, generator=g) < fg, torch.randint(0, C, (N,), generator=g), C).to(device)
+    onehot = _one_hot(labels, C)
+    # LVIS v1 shape: 337 rare (1-10 images), 461 common (11-100), frequent (> 100) of 100k training images
+    n_r, n_c = round(C * 337 / 1203), round(C * 461 / 1203)
+    counts = torch.cat([torch.randint(1, 11, (n_r,), generator=g), torch.randint(11, 101, (n_c,), generator=g),
+                        torch.randint(101, 20_000, (C - n_r - n_c,), generator=g)])
+    gol_args = dict(num_images=100_000, generator=torch.Generator(device).manual_seed(0))
+    gumbel, gol, focal = GumbelBCE(C).to(device), GOL(C, counts, **gol_args).to(device), GumbelFocalLoss(C).to(device)
+    cases = {
+        'bce_with_logits (one-hot)': lambda: F.binary_cross_entropy_with_logits(logits, onehot, reduction='sum') / N,
+        'GumbelBCE (one-hot)': lambda: gumbel(logits, onehot, avg_factor=N),
+        'GumbelBCE (labels)': lambda: gumbel(logits, labels, avg_factor=N),
+        'GOL (labels)': lambda: gol(logits, labels, avg_factor=N),
+        'GumbelFocal (labels)': lambda: focal(logits, labels, avg_factor=N),
+    }
+    if fused:
+        gumbel_fused, gol_fused = GumbelBCE(C, fused=True).to(device), GOL(C, counts, **gol_args, fused=True).to(device)
+        cases['GumbelBCE fused (labels)'] = lambda: gumbel_fused(logits, labels, avg_factor=N)
+        cases['GOL fused (labels)'] = lambda: gol_fused(logits, labels, avg_factor=N)
+    cases['_logits'] = logits
+    return cases
+
+
+def measure_losses(rows=8192, classes=1204, reps=15, device='cpu', fg=.25, fused=True) -> dict:
+    "Median forward+backward time and saved bytes of each loss, with ratios to bce_with_logits (side by side)."
+    dev = torch.device(device)
+    losses = loss_cases(rows, classes, dev, fg, fused)
+    logits = losses.pop('_logits')
+    t = time.perf_counter()
+    for fn in losses.values(): fn().backward()  # warm-up (the fused losses compile here, cached on disk afterwards)
+    warmup = time.perf_counter() - t
+    memory = {k: saved_bytes(fn) for k, fn in losses.items()}
+    times = {k: [] for k in losses}
+    for _ in range(reps):
+        for k, fn in losses.items():
+            logits.grad = None
+            times[k].append(timed(lambda: fn().backward(), dev))
+    ref = 'bce_with_logits (one-hot)'
+    base, base_mem = statistics.median(times[ref]), memory[ref]
+    rows_out = {k: dict(ms=statistics.median(ts) * 1e3, ratio=statistics.median(ts) / base,
+                        saved_mib=memory[k] / 2**20, saved_ratio=memory[k] / base_mem) for k, ts in times.items()}
+    return dict(device=str(dev), rows=rows, classes=classes, reps=reps, warmup_s=warmup, losses=rows_out,
+                torch=torch.__version__, threads=torch.get_num_threads())
+
+
+def print_losses(r: dict) -> None:
+    print(f"device {r['device']}, logits ({r['rows']} x {r['classes']}) fp32, forward + backward, {r['reps']} "
+          f"interleaved repetitions, medians, torch {r['torch']}, threads {r['threads']}; first calls "
+          f"{r['warmup_s']:.1f} s (with the fused losses, their torch.compile, cached on disk afterwards)")
+    print(f"{'loss':28s} {'time':>10s} {'ratio':>6s}   {'saved for backward':>18s} {'ratio':>6s}")
+    for k, v in r['losses'].items():
+        print(f"{k:28s} {v['ms']:7.1f} ms {v['ratio']:6.2f}   {v['saved_mib']:15.1f} MiB {v['saved_ratio']:6.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--rows', type=int, default=8192)
@@ -41,50 +99,7 @@ def main():
     ap.add_argument('--fg', type=float, default=.25, help='share of foreground rows (mmdet samples 25%% positives)')
     ap.add_argument('--no-fused', action='store_true', help='skip the torch.compile rows')
     a = ap.parse_args()
-    dev = torch.device(a.device)
-    g = torch.Generator().manual_seed(0)
-    C, N = a.classes, a.rows
-    logits = (torch.randn(N, C, generator=g) * 2 - 4).to(dev).requires_grad_()
-    labels = torch.where(torch.rand(N, generator=g) < a.fg, torch.randint(0, C, (N,), generator=g), C).to(dev)
-    onehot = _one_hot(labels, C)
-    # LVIS v1 shape: 337 rare (1-10 images), 461 common (11-100), frequent (> 100) of 100k training images
-    n_r, n_c = round(C * 337 / 1203), round(C * 461 / 1203)
-    counts = torch.cat([torch.randint(1, 11, (n_r,), generator=g), torch.randint(11, 101, (n_c,), generator=g),
-                        torch.randint(101, 20_000, (C - n_r - n_c,), generator=g)])
-    gumbel = GumbelBCE(C).to(dev)
-    gol = GOL(C, counts, num_images=100_000, generator=torch.Generator(dev).manual_seed(0)).to(dev)
-    focal = GumbelFocalLoss(C).to(dev)
-    losses = {
-        'bce_with_logits (one-hot)': lambda: F.binary_cross_entropy_with_logits(logits, onehot, reduction='sum') / N,
-        'GumbelBCE (one-hot)': lambda: gumbel(logits, onehot, avg_factor=N),
-        'GumbelBCE (labels)': lambda: gumbel(logits, labels, avg_factor=N),
-        'GOL (labels)': lambda: gol(logits, labels, avg_factor=N),
-        'GumbelFocal (labels)': lambda: focal(logits, labels, avg_factor=N),
-    }
-    if not a.no_fused:
-        gumbel_fused = GumbelBCE(C, fused=True).to(dev)
-        gol_fused = GOL(C, counts, num_images=100_000, generator=torch.Generator(dev).manual_seed(0), fused=True).to(dev)
-        losses['GumbelBCE fused (labels)'] = lambda: gumbel_fused(logits, labels, avg_factor=N)
-        losses['GOL fused (labels)'] = lambda: gol_fused(logits, labels, avg_factor=N)
-        t = time.perf_counter()
-        losses['GumbelBCE fused (labels)']().backward(); losses['GOL fused (labels)']().backward()
-        print(f"first call of the fused losses (torch.compile, cached on disk afterwards): {time.perf_counter() - t:.1f} s")
-    memory = {k: saved_bytes(fn) for k, fn in losses.items()}
-    cases = {k: (lambda fn=fn: fn().backward()) for k, fn in losses.items()}
-    for fn in cases.values(): fn()  # warm-up
-    times = {k: [] for k in cases}
-    for _ in range(a.reps):
-        for k, fn in cases.items():
-            logits.grad = None
-            times[k].append(timed(fn, dev))
-    base, base_mem = statistics.median(times['bce_with_logits (one-hot)']), memory['bce_with_logits (one-hot)']
-    print(f"device {dev}, logits ({N} x {C}) fp32, forward + backward, {a.reps} interleaved repetitions, medians, "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"{'loss':28s} {'time':>10s} {'ratio':>6s}   {'saved for backward':>18s} {'ratio':>6s}")
-    for k, ts in times.items():
-        m = statistics.median(ts)
-        print(f"{k:28s} {m * 1e3:7.1f} ms {m / base:6.2f}   {memory[k] / 2**20:15.1f} MiB {memory[k] / base_mem:6.2f}")
-
+    print_losses(measure_losses(a.rows, a.classes, a.reps, a.device, a.fg, not a.no_fused))
 
 if __name__ == '__main__':
     main()
