@@ -1,4 +1,5 @@
-"""The project's whole test run: notebooks clean and exported, `nbdev_test` on every notebook, `pytest tests/`
+"""The project's whole test run: notebooks clean and exported, the code's shape (tools/code_shape.py), `nbdev_test`
+on every notebook, `pytest tests/`
 (which includes tests/test_notebooks.py: every notebook under papermill, as a researcher runs it headless).
 
 Prints one closing line `N passed, N failed` (notebooks and pytest tests together) and exits non-zero on any
@@ -35,6 +36,11 @@ def check_clean_and_exported() -> list[str]:
             print(f"FAILED: {tool} changed files: commit its result", flush=True)
             failed.append(tool)
     return failed
+
+
+def check_code_shape() -> list[str]:
+    "tools/code_shape.py --check: no long function or file, few long lines, no import of a module above."
+    return [] if run([sys.executable, 'tools/code_shape.py', '--check']).returncode == 0 else ['code shape']
 
 
 def notebooks() -> list[Path]:
@@ -104,19 +110,19 @@ def tests(scratch: Path):
     ap.add_argument('pytest_args', nargs='*')
     a = ap.parse_args()
     t0 = time.time()
-    failures = [] if a.skip_clean_check else check_clean_and_exported()
+    failures = [] if a.skip_clean_check else check_clean_and_exported() + check_code_shape()
     t1 = time.time()
     nb_passed, nb_failed = run_nbdev_test(a.flags)
     t2 = time.time()
     py_passed, py_failed, py_skipped = run_pytest(a.pytest_args, a.flags)
     t3 = time.time()
     print(f"temporary files written under {scratch}: {disk_use(scratch) / 2**30:.1f} GiB (removed)")
-    passed = nb_passed + py_passed + (0 if a.skip_clean_check else 2 - len(failures))
+    passed = nb_passed + py_passed + (0 if a.skip_clean_check else 3 - len(failures))
     failed = len(nb_failed) + py_failed + len(failures)
     print(f"\nnotebooks (nbdev_test; the papermill notebooks run in pytest): {nb_passed} passed, "
           f"{len(nb_failed)} failed {nb_failed or ''}")
     print(f"pytest: {py_passed} passed, {py_failed} failed, {py_skipped} skipped")
-    print(f"clean/export checks: {'skipped' if a.skip_clean_check else 'failed ' + str(failures) if failures else 'passed'}")
+    print(f"clean/export/code-shape checks: {'skipped' if a.skip_clean_check else 'failed ' + str(failures) if failures else 'passed'}")
     print(f"wall time: {t3 - t0:.0f} s (clean/export {t1 - t0:.0f} s, nbdev_test {t2 - t1:.0f} s, pytest {t3 - t2:.0f} s)")
     print(f"{passed} passed, {failed} failed")  # the closing line CI reads (skipped tests: the pytest line above)
     if failed: raise SystemExit(1)
