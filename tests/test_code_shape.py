@@ -19,6 +19,11 @@ def test_relative_and_dynamic_imports_resolve_to_module_names():
             'gol_nb.mmdet_runner'} <= got
 
 
+def test_relative_imports_in_a_package_init_stay_in_the_package():
+    assert 'gol_nb.engine.files' in cs.imported_modules(ast.parse('from .files import *'), 'gol_nb.engine', True)
+    assert 'gol_nb.files' in cs.imported_modules(ast.parse('from .files import *'), 'gol_nb.engine', False)
+
+
 def test_upward_imports_found_and_allowed_users_exempt():
     assert cs.upward_imports('gol_nb.detection.train', {'gol_nb.mmdet_runner', 'gol_nb.engine'}) == \
         ['gol_nb.mmdet_runner']

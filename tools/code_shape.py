@@ -29,9 +29,9 @@ def is_generated(line: str) -> bool:
     "nbdev writes the `# %%` cell markers and `__all__`; everything else is hand-written."
     return line.startswith('# %%') or line.startswith('__all__')
 
-def imported_modules(tree, module: str) -> set:
+def imported_modules(tree, module: str, is_package: bool = False) -> set:
     "Absolute names of the gol_nb modules a module imports (at any depth in the file)."
-    out, pkg = set(), module.split('.')
+    out, pkg = set(), module.split('.') + ([''] if is_package else [])  # `from .x` in a package's __init__: its own
     for n in ast.walk(tree):
         if isinstance(n, ast.Import): out |= {a.name for a in n.names}
         elif isinstance(n, ast.ImportFrom):
@@ -55,7 +55,7 @@ def measure():
         sizes[mod] = len(text.splitlines())
         funcs += [(mod, *f) for f in function_lengths(tree)]
         long_lines += [(mod, i) for i, l in enumerate(text.splitlines(), 1) if len(l) > WIDTH and not is_generated(l)]
-        upward += [(mod, m) for m in upward_imports(mod, imported_modules(tree, mod))]
+        upward += [(mod, m) for m in upward_imports(mod, imported_modules(tree, mod, path.name == '__init__.py'))]
     return funcs, long_lines, sizes, upward
 
 def report(funcs, long_lines, sizes, upward) -> list:
