@@ -121,8 +121,14 @@ def _kill(pid: int, sig: int) -> None:
 
 class _Watch:
     "The launcher's loop: torchrun's and rank 0's output streamed to `log`, heartbeats watched, interrupts passed on."
-    def __init__(self, proc: subprocess.Popen, logs: Path, rank_logs: list[Path], offset0: int,
-                 log: Callable[[str], None], tail: int, hang_timeout: float, poll: float):
+    def __init__(self, proc: subprocess.Popen,       # torchrun
+                 logs: Path,                  # the folder of the rank logs and heartbeats
+                 rank_logs: list[Path],       # each rank's log
+                 offset0: int,                # where this launch's output starts in rank 0's log
+                 log: Callable[[str], None],  # receives each output line
+                 tail: int,                   # lines of torchrun's own output kept
+                 hang_timeout: float,         # seconds a training rank may make no progress
+                 poll: float):                # seconds between polls
         self.proc, self.logs, self.rank_logs, self.nproc, self.log = proc, logs, rank_logs, len(rank_logs), log
         self.hang_timeout, self.poll, self.pos0, self.eof = hang_timeout, poll, offset0, False
         self.last, self.out, self.rank0 = deque(maxlen=tail), _Lines(log), _Lines(log)
@@ -178,7 +184,9 @@ class _Watch:
         return code
 
 # %% ../../nbs/04_engine.launch.ipynb #b70c5c2b
-def _hang_error(module: str, watch: _Watch) -> RankFailedError:
+def _hang_error(module: str,   # what ran
+                watch: _Watch, # the loop that stopped the hung ranks (`watch.hung`)
+               ) -> RankFailedError:
     "The error for ranks stopped as hung: who, how far the others got, and each one's stack from its own log."
     culprits, beats, sizes = watch.hung
     its = {r: b['iteration'] for r, b in beats.items()}
@@ -205,8 +213,13 @@ def _rank_error(module: str, nproc: int, rank: int, rcode: int, # the failed ran
                            f"rank {rank} of {nproc} failed: {_error_line(tb) or f'exit code {rcode}'} "
                            f"(its traceback: {path})")
 
-def _launch_error(module: str, code: int, watch: _Watch, offsets: list[int], tail: int,
-                  run_dir: str | Path | None) -> Exception:
+def _launch_error(module: str,              # what ran
+                  code: int,                # torchrun's exit code
+                  watch: _Watch,            # the finished loop: torchrun's last lines, the logs, an interrupt
+                  offsets: list[int],       # where this launch's output starts in each rank's log
+                  tail: int,                # lines quoted when a rank left no traceback
+                  run_dir: str | Path | None, # the run folder (its newest checkpoint is named after a signal)
+                 ) -> Exception:
     "Why torchrun exited with `code`: RunInterrupted after a signal, else the failing rank's own traceback."
     out, nproc = ''.join(watch.last), watch.nproc
     m = re.search(r'Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)', out, re.S)  # torchrun's summary
