@@ -6,6 +6,7 @@ from typing import ClassVar
 import pytest
 import torch
 import gol_nb.engine as E
+import gol_nb.engine.files as engine_files, gol_nb.engine.logs as engine_logs
 from gol_nb.engine import (RunConfig, prepare_run, run_status, save_checkpoint, load_checkpoint, find_checkpoint,
                            latest_checkpoint, config_to_dict, CheckpointError, NonFiniteError, RunFolderError,
                            ConfigMismatchError, RunGuard, RunInterrupted, require_devices, DeviceError, JSONLLogger,
@@ -44,8 +45,8 @@ def test_atomic_files_keep_normal_permissions(tmp_path):
         p = atomic_write_json(tmp_path / 'm.json', {'a': 1})
         save_checkpoint(tmp_path, {'model': {}}, 'iter_1')
     finally: os.umask(old)
-    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~E._UMASK
-    if E._UMASK == 0o022:  # the default umask: what `open` gives, not mkstemp's 0600
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~engine_files._UMASK
+    if engine_files._UMASK == 0o022:  # the default umask: what `open` gives, not mkstemp's 0600
         for f in [p, tmp_path / 'checkpoints' / 'iter_1.pth', tmp_path / 'checkpoints' / 'last']:
             assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
 
@@ -70,9 +71,9 @@ def test_disk_full_log_survives_and_torn_line_is_skipped(tmp_path, monkeypatch):
     lg.log({'iteration': 1})
     real = os.write
     def half(fd, data):  # the disk fills half-way through a record
-        n = real(fd, bytes(data[:len(data) // 2])); monkeypatch.setattr(E.os, 'write', real)
+        n = real(fd, bytes(data[:len(data) // 2])); monkeypatch.setattr(engine_logs.os, 'write', real)
         raise OSError(errno.ENOSPC, 'No space left on device')
-    monkeypatch.setattr(E.os, 'write', half)
+    monkeypatch.setattr(engine_logs.os, 'write', half)
     with pytest.raises(OSError, match=r'ENOSPC\) while appending to .*log\.jsonl'): lg.log({'iteration': 2, 'loss': 0.5})
     lg.log({'iteration': 3})  # space again: the next record starts on its own line
     raw = (tmp_path / 'log.jsonl').read_text().splitlines()
