@@ -11,8 +11,8 @@ from gol_nb.classification.data import ArrayDataset, lt_counts
 from gol_nb.classification.models import build_model, reset_classifier, classifier_bias
 from gol_nb.classification.train import (ClsConfig, get_preset, get_config, check_config, train, train_stage,
                                          make_loss, classification_parser, PRESETS, PRESET_INFO, main, launch, stage_lr)
-from gol_nb.engine import (parse_trainer_args, init_distributed, RunFolderError, ConfigMismatchError, NonFiniteError, RunInterrupted,
-                           DeviceError, read_jsonl, load_checkpoint, latest_checkpoint, run_status)
+from gol_nb.engine import (parse_trainer_args, init_distributed, RunFolderError, ConfigMismatchError, NonFiniteError,
+                           RunInterrupted, DeviceError, read_jsonl, load_checkpoint, latest_checkpoint, run_status)
 
 
 def _tiny_cfg(tmp_path, **kw):
@@ -148,7 +148,8 @@ def test_cifar_lr_gamma_reading():
     c = get_preset('cifar100_lt_r32')
     assert (c.lr_gamma, c.milestones, c.base_batch) == (0.01, [200, 220], 64)
     ipe = 10
-    lrs = [stage_lr(e * ipe, ipe, c.lr, c.epochs, c.schedule, c.milestones, c.lr_gamma, c.warmup_epochs) for e in (100, 200, 220)]
+    lrs = [stage_lr(e * ipe, ipe, c.lr, c.epochs, c.schedule, c.milestones, c.lr_gamma, c.warmup_epochs)
+           for e in (100, 200, 220)]
     assert lrs == pytest.approx([0.1, 1e-3, 1e-5])  # x0.01 at each milestone
 
 
