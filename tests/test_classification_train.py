@@ -9,10 +9,10 @@ import gol_nb.classification.train as T
 
 from gol_nb.classification.data import ArrayDataset, lt_counts
 from gol_nb.classification.models import build_model, reset_classifier, classifier_bias
-from gol_nb.classification.train import (ClsConfig, get_preset, check_config, train, train_stage, make_loss,
-                                         config_from_args, PRESETS, PRESET_INFO, main, launch, lr_at)
-from gol_nb.engine import (init_distributed, RunFolderError, ConfigMismatchError, NonFiniteError, RunInterrupted,
-                           DeviceError, read_jsonl, load_checkpoint, latest_checkpoint, run_status)
+from gol_nb.classification.train import (ClsConfig, get_preset, get_config, check_config, train, train_stage,
+                                         make_loss, classification_parser, PRESETS, PRESET_INFO, main, launch, stage_lr)
+from gol_nb.engine import (parse_trainer_args, init_distributed, RunFolderError, ConfigMismatchError, NonFiniteError,
+                           RunInterrupted, DeviceError, read_jsonl, load_checkpoint, latest_checkpoint, run_status)
 
 
 def _tiny_cfg(tmp_path, **kw):
@@ -64,14 +64,14 @@ class _Killed(Exception): pass
 def test_resume_matches_uninterrupted(tmp_path, monkeypatch, kill_after):
     cfg = _tiny_cfg(tmp_path, imb_factor=100, recipe='decoupled', epochs=2, stage2_epochs=2, stage2_lr=0.05, max_iters=4)
     full = train(cfg)
-    real, calls = T.save_checkpoint, []
+    real, calls = T.checkpoint_step, []  # the trainer's checkpoint step, from the engine
     def dying_save(*a, **k):
         real(*a, **k); calls.append(1)
         if len(calls) == kill_after: raise _Killed()
     cfg2 = replace(cfg, output_dir=str(tmp_path / 'run2'))
-    monkeypatch.setattr(T, 'save_checkpoint', dying_save)
+    monkeypatch.setattr(T, 'checkpoint_step', dying_save)
     with pytest.raises(_Killed): train(cfg2)
-    monkeypatch.setattr(T, 'save_checkpoint', real)
+    monkeypatch.setattr(T, 'checkpoint_step', real)
     assert not (tmp_path / 'run2' / 'results.json').exists()
     with pytest.raises(RunFolderError, match='add resume=true'): train(cfg2)  # no silent resume any more
     resumed = train(replace(cfg2, resume=True))
@@ -82,6 +82,12 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch, kill_after):
     assert [(r['stage'], r['epoch']) for r in log if 'stage' in r] == [(1, 1), (1, 2), (2, 1), (2, 2)]
 
 
+def parse_cls_args(argv: list[str]) -> tuple[ClsConfig, int]:
+    "Config and process count as gol-train-cls parses them."
+    cfg, a = parse_trainer_args(classification_parser(), argv, get_config, PRESET_INFO)
+    return cfg, a.nproc
+
+
 def test_config_errors_and_presets(tmp_path):
     with pytest.raises(ValueError, match='dataset must be one of'): check_config(ClsConfig(dataset='svhn'))
     with pytest.raises(ValueError, match='stage2_loss'): check_config(ClsConfig(stage2_loss='focal'))
@@ -89,9 +95,9 @@ def test_config_errors_and_presets(tmp_path):
     assert set(PRESETS) >= {'cifar100_lt_r32', 'imagenet_lt_r50', 'imagenet_lt_se_r50', 'places_lt_r152', 'mnist_lt_demo'}
     c = get_preset('cifar100_lt_r32'); c.milestones.append(1)
     assert get_preset('cifar100_lt_r32').milestones == [200, 220]  # presets are copied
-    cfg, n = config_from_args(['--config', 'imagenet_lt_r50', 'epochs=3', 'lr=0.5'])
+    cfg, n = parse_cls_args(['--config', 'imagenet_lt_r50', 'epochs=3', 'lr=0.5'])
     assert (cfg.epochs, cfg.lr, cfg.model, n) == (3, 0.5, 'resnet50', 1)
-    cfg, n = config_from_args(['--preset', 'imagenet_lt_r50', '--nproc', '2'])  # the older spelling still works
+    cfg, n = parse_cls_args(['--preset', 'imagenet_lt_r50', '--nproc', '2'])  # the older spelling still works
     assert (cfg.model, n) == ('resnet50', 2)
 
 
@@ -142,7 +148,8 @@ def test_cifar_lr_gamma_reading():
     c = get_preset('cifar100_lt_r32')
     assert (c.lr_gamma, c.milestones, c.base_batch) == (0.01, [200, 220], 64)
     ipe = 10
-    lrs = [lr_at(e * ipe, ipe, c.lr, c.epochs, c.schedule, c.milestones, c.lr_gamma, c.warmup_epochs) for e in (100, 200, 220)]
+    lrs = [stage_lr(e * ipe, ipe, c.lr, c.epochs, c.schedule, c.milestones, c.lr_gamma, c.warmup_epochs)
+           for e in (100, 200, 220)]
     assert lrs == pytest.approx([0.1, 1e-3, 1e-5])  # x0.01 at each milestone
 
 
@@ -193,14 +200,14 @@ def test_nonfinite_loss_stops_on_its_iteration(tmp_path, monkeypatch):
 def test_mid_epoch_resume_after_sigterm_is_exact(tmp_path, monkeypatch):
     base = _tiny_cfg(tmp_path, imb_factor=100, recipe='decoupled', epochs=2, stage2_epochs=1, max_iters=5, stage2_lr=0.05)
     full = train(replace(base, output_dir=str(tmp_path / 'full')))
-    real = T.lr_at
+    real = T.stage_lr
     def lr_and_term(it, *a, **k):  # the scheduler's SIGTERM arrives during the 7th iteration (epoch 2, its 2nd)
         if it == 6: os.kill(os.getpid(), signal.SIGTERM)
         return real(it, *a, **k)
-    monkeypatch.setattr(T, 'lr_at', lr_and_term)
+    monkeypatch.setattr(T, 'stage_lr', lr_and_term)
     cfg = replace(base, output_dir=str(tmp_path / 'killed'))
     with pytest.raises(RunInterrupted, match='stopped by SIGTERM at iteration 7'): train(cfg)
-    monkeypatch.setattr(T, 'lr_at', real)
+    monkeypatch.setattr(T, 'stage_lr', real)
     ck = load_checkpoint(latest_checkpoint(tmp_path / 'killed'))
     assert (ck['stage'], ck['epoch'], ck['iter_in_epoch']) == (1, 1, 2)
     assert run_status(tmp_path / 'killed') == 'interrupted'

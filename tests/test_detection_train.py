@@ -6,7 +6,8 @@ import torch
 import yaml
 import gol_nb.detection.train as T
 from gol_nb.detection.config import get_config, DetConfig, PRESETS
-from gol_nb.detection.train import train, run_training, main, SimulatedCrash, lr_at
+from gol_nb.detection.train import train, run_training, main, SimulatedCrash, config_lr
+from gol_nb.cli import main as gol_train
 from gol_nb.engine import (load_checkpoint, latest_checkpoint, read_jsonl, ConfigMismatchError, RunFolderError,
                            NonFiniteError, RunInterrupted, DeviceError, save_checkpoint, find_checkpoint)
 
@@ -101,7 +102,7 @@ def test_config_roundtrip_and_lr(tmp_path):
     c = get_config('gol_r101_lvis_v1_2x', ['batch_size=4'])
     save_config(c, tmp_path / 'c.yaml')
     assert get_config(str(tmp_path / 'c.yaml')) == c
-    assert lr_at(c, 10**6, 0, world_size=4) == pytest.approx(0.02)  # 4 x 4 = 16 images: the base lr
+    assert config_lr(c, 10**6, 0, world_size=4) == pytest.approx(0.02)  # 4 x 4 = 16 images: the base lr
 
 
 # --- the run-folder policy through the detection trainer --------------------------------------------------------
@@ -145,6 +146,21 @@ def test_resume_accepts_named_schedule_changes(data_root, tmp_path):
     assert ev['accepted_changes'] == {'epochs': [1, 2], 'batch_size': [2, 1]}
 
 
+def test_an_older_checkpoint_with_one_rng_dict_resumes_alike(data_root, tmp_path):
+    "Single-process checkpoints used to store a bare RNG dict (now a list, one a rank): they resume to the same weights."
+    import shutil
+    common = ['epochs=1', 'checkpoint_interval=2']
+    with pytest.raises(SimulatedCrash): train(cfg_for(tmp_path / 'list', *common, 'stop_after=3'))
+    shutil.copytree(tmp_path / 'list', tmp_path / 'dict')
+    path, st, _ = find_checkpoint(tmp_path / 'dict')
+    assert isinstance(st['rng'], list) and len(st['rng']) == 1
+    st['rng'], st['config']['output_dir'] = st['rng'][0], str(tmp_path / 'dict')
+    save_checkpoint(tmp_path / 'dict', st, path.stem)
+    assert isinstance(load_checkpoint(latest_checkpoint(tmp_path / 'dict'))['rng'], dict)
+    for d in ('list', 'dict'): train(cfg_for(tmp_path / d, *common, 'resume=true'))
+    a, b = final_weights(tmp_path / 'list'), final_weights(tmp_path / 'dict')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
 def test_checkpoint_whose_tensors_do_not_fit_is_refused(short_run, tmp_path):
     import shutil
     out = tmp_path / 'copy'; shutil.copytree(short_run, out)
@@ -174,12 +190,12 @@ def test_corrupt_latest_checkpoint_falls_back(data_root, tmp_path, capsys):
 
 def test_nonfinite_loss_stops_on_its_iteration_before_any_checkpoint(data_root, tmp_path, monkeypatch):
     out = tmp_path / 'run'
-    real = T.lr_at
-    monkeypatch.setattr(T, 'lr_at', lambda cfg, it, ep, w=1: float('nan') if it >= 2 else real(cfg, it, ep, w))
+    real = T.config_lr
+    monkeypatch.setattr(T, 'config_lr', lambda cfg, it, ep, w=1: float('nan') if it >= 2 else real(cfg, it, ep, w))
     # lr NaN from the 3rd step on: finite loss and gradients, NaN weights after that step
     with pytest.raises(NonFiniteError, match='non-finite weights after the optimizer step of iteration 3'):
         train(cfg_for(out, 'epochs=2', 'checkpoint_interval=1'))
-    monkeypatch.setattr(T, 'lr_at', real)
+    monkeypatch.setattr(T, 'config_lr', real)
     cks = sorted((out / 'checkpoints').glob('*.pth'))
     assert [load_checkpoint(p)['iteration'] for p in cks] == [1, 2]  # nothing after the NaN step was written
     for p in cks: assert all(torch.isfinite(v).all() for v in load_checkpoint(p)['model'].values() if v.is_floating_point())
@@ -187,13 +203,13 @@ def test_nonfinite_loss_stops_on_its_iteration_before_any_checkpoint(data_root, 
 
 def test_sigterm_checkpoints_at_the_iteration_boundary(data_root, tmp_path, monkeypatch):
     out = tmp_path / 'run'
-    real = T.lr_at
+    real = T.config_lr
     def lr_and_term(cfg, it, ep, w=1):  # a scheduler's SIGTERM arrives during iteration 2
         if it == 1: os.kill(os.getpid(), signal.SIGTERM)
         return real(cfg, it, ep, w)
-    monkeypatch.setattr(T, 'lr_at', lr_and_term)
+    monkeypatch.setattr(T, 'config_lr', lr_and_term)
     with pytest.raises(RunInterrupted, match='stopped by SIGTERM at iteration 2') as e: train(cfg_for(out, 'epochs=1'))
-    monkeypatch.setattr(T, 'lr_at', real)
+    monkeypatch.setattr(T, 'config_lr', real)
     assert load_checkpoint(latest_checkpoint(out))['iteration'] == 2 and e.value.exit_code == 143
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert not (out / 'metrics.json').exists()
@@ -227,15 +243,16 @@ def test_prelaunch_checks_catch_a_missing_file_before_torchrun(tmp_path, capsys)
 
 
 def test_cli_forms(capsys):
-    with pytest.raises(SystemExit) as e: main(['--list-presets'])
+    "gol-train (gol_nb.cli) lists presets, documents --engine with the trainer's flags, one-line errors."
+    with pytest.raises(SystemExit) as e: gol_train(['--list-presets'])
     out = capsys.readouterr().out
     assert e.value.code == 0 and {l.split()[0] for l in out.splitlines()} == set(PRESETS)
-    with pytest.raises(SystemExit) as e: main(['--help'])
+    with pytest.raises(SystemExit) as e: gol_train(['--help'])
     h = capsys.readouterr().out
     for k in ('--config', '--nproc', '--gpus', '--list-presets', '--engine', '--check-images', 'base_lr=0.02',
               'checkpoint_minutes=15.0', 'accept_changes=[]', 'hang_timeout=600.0'):
         assert k in h, k
-    with pytest.raises(SystemExit) as e: main(['--config', 'demo_cpu', 'loss=no_such_loss'])
+    with pytest.raises(SystemExit) as e: gol_train(['--config', 'demo_cpu', 'loss=no_such_loss'])
     assert e.value.code == 2 and capsys.readouterr().err.count('\n') == 1
 
 
@@ -245,7 +262,7 @@ def test_engine_mmdet_dispatches_without_the_flag(monkeypatch):
     fake = types.ModuleType('gol_nb.mmdet_runner'); fake.main = lambda argv: seen.append(argv) or {'AP': 1.0}
     monkeypatch.setitem(sys.modules, 'gol_nb.mmdet_runner', fake)
     # None: the console script's sys.exit(main()) then exits 0 (a returned dict would exit 1)
-    assert main(['--engine', 'mmdet', '--config', 'gol_cascade_r50', '--nproc', '2', 'max_iters=3']) is None
+    assert gol_train(['--engine', 'mmdet', '--config', 'gol_cascade_r50', '--nproc', '2', 'max_iters=3']) is None
     assert seen == [['--config', 'gol_cascade_r50', '--nproc', '2', 'max_iters=3']]
 
 
@@ -374,7 +391,7 @@ def test_cli_without_config_uses_the_defaults_and_output_dir_file_is_a_sentence(
 def test_both_clis_name_a_malformed_yaml_file_line_and_column(tmp_path, capsys, text, says, cli):
     from gol_nb.classification.train import main as cls_main
     f = tmp_path / 'mine.yaml'; f.write_bytes(text if isinstance(text, bytes) else text.encode())
-    with pytest.raises(SystemExit) as e: (main if cli == 'gol-train' else cls_main)(['--config', str(f)])
+    with pytest.raises(SystemExit) as e: (gol_train if cli == 'gol-train' else cls_main)(['--config', str(f)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count('\n') == 1 and err.startswith(f'{cli}: error: {f}: {says}'), err
 
@@ -417,12 +434,12 @@ def test_offline_weights_are_one_line(data_root, tmp_path, monkeypatch, capsys):
 def test_engine_mmdet_without_mmdetection_says_how_to_install(monkeypatch):
     for m in ('mmdet', 'mmcv', 'mmengine'): monkeypatch.setitem(sys.modules, m, None)  # as if not installed
     monkeypatch.delitem(sys.modules, 'gol_nb.mmdet_runner', raising=False)
-    with pytest.raises(SystemExit) as e: main(['--engine', 'mmdet', '--config', 'gol_cascade_r50'])
+    with pytest.raises(SystemExit) as e: gol_train(['--engine', 'mmdet', '--config', 'gol_cascade_r50'])
     assert e.value.code == ('gol-train: error: the mmdetection engine is not installed: run `make mmdet` '
                             '(builds mmcv once, 10-45 min on 2 cores)')
     code = ("import sys; sys.modules.update(mmdet=None, mmcv=None, mmengine=None); "
             "import gol_nb, gol_nb.engine, gol_nb.params, gol_nb.detection, gol_nb.detection.train, gol_nb.studies, "
-            "gol_nb.classification.train")
+            "gol_nb.classification.train, gol_nb.cli")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-1500:]  # everything but the mmdetection engine imports without it
     for module in ('gol_nb.mmdet_plugin', 'gol_nb.mmdet_runner'):  # and the engine itself says how to get it

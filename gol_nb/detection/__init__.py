@@ -7,7 +7,7 @@ _CONFIG = ('DetConfig', 'PRESETS', 'PRESET_INFO', 'PresetInfo', 'STUDIES', 'stud
            'validate_config')
 _INFERENCE = ('load_model', 'evaluate_detector', 'to_lvis_records', 'to_lvis_detections', 'evaluate_checkpoint',
               'predict_images', 'checkpoint_classes')
-_TRAIN = ('train', 'run_training', 'main', 'lr_at', 'load_data', 'check_run', 'SimulatedCrash')
+_TRAIN = ('train', 'run_training', 'main', 'config_lr', 'load_data', 'check_run', 'SimulatedCrash')
 
 def __getattr__(name):
     # config and train import the engine and data layers: load them on first use (and keep
