@@ -19,8 +19,9 @@ from ..engine import (atomic_write_json, atomic_write_text, save_checkpoint, ini
                            config_to_dict, prepare_run, check_state_shapes, RunGuard, RunInterrupted, require_devices,
                            scaled_lr, schedule_lr, trainer_parser, parse_trainer_args, run_trainer_cli, NonFiniteError,
                            RunSetupError, unlock_run_folder)
-from . import config as detconfig
-from .config import DetConfig, get_config, validate_config
+from . import presets
+from .config import DetConfig, validate_config
+from .presets import get_config
 from .model import detector_from_config
 from .inference import evaluate_detector, checkpoint_classes
 
@@ -261,8 +262,8 @@ def mmdet_runner():
 
 def _preset_lines() -> dict:
     "Preset name -> one-line description (A's PRESET_INFO where it has one)."
-    info = getattr(detconfig, 'PRESET_INFO', {})
-    return {n: getattr(info.get(n), 'description', '') for n in detconfig.PRESETS}
+    info = getattr(presets, 'PRESET_INFO', {})
+    return {n: getattr(info.get(n), 'description', '') for n in presets.PRESETS}
 
 def main(argv: Optional[list[str]] = None # command-line arguments (default: sys.argv[1:])
         ) -> None:
