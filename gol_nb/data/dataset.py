@@ -207,9 +207,8 @@ class LVISDetection(Dataset):
         if not keep.all():
             dr = self.dropped_boxes
             warnings.warn(f"{self.lvis.source}: {len(keep) - keep.sum():,} of {len(keep):,} boxes dropped, unusable "
-                          "for "
-                          f"training: {dr['thin']} thinner than a pixel, {dr['collapsed']} under a pixel wide or high "
-                          f"once clipped to the image, {dr['outside']} entirely outside the image")
+                          f"for training: {dr['thin']} thinner than a pixel, {dr['collapsed']} under a pixel wide or "
+                          f"high once clipped to the image, {dr['outside']} entirely outside the image")
         if train and not keep.any():
             raise DatasetError(f"{self.lvis.source}: none of the {len(keep):,} boxes is usable for training "
                                f"(dropped: {self.dropped_boxes})")

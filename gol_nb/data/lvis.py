@@ -307,8 +307,7 @@ def _lookup(ids: np.ndarray, # (M,) sorted unique ids
 
 def image_class_pairs(lvis: dict # an LVIS dict (ids are checked; use `load_lvis` for a full check)
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    "Unique (image, class) pairs as indices `(img_idx, cat_idx)` into the sorted `image_ids` and `category_ids` (also "
-    "returned)."
+    "Unique (image, class) pairs as indices `(img_idx, cat_idx)` into the sorted `image_ids`, `category_ids` (too)."
     src = getattr(lvis, 'source', '<dict>')
     image_ids = np.sort(np.fromiter(map(itemgetter('id'), lvis['images']), np.int64, len(lvis['images'])))
     cat_ids = np.sort(np.fromiter(map(itemgetter('id'), lvis['categories']), np.int64, len(lvis['categories'])))
@@ -508,8 +507,8 @@ def with_train_frequencies(val: str | os.PathLike | dict, # the validation file 
     missing = [c['id'] for c in va['categories'] if c['id'] not in by_id]
     if missing:
         raise DatasetError(f"{va.source}: {len(missing)} categories are not in the training file {tr.source} "
-                           f"(ids {missing[:5]}): they have no training image count; check_train_val matches the two "
-                           "first")
+                           f"(ids {missing[:5]}): they have no training image count; check_train_val matches the "
+                           "two first")
     cats = [dict(c, image_count=by_id[c['id']]['image_count'], frequency=by_id[c['id']]['frequency'])
             for c in va['categories']]
     if va.frequency_source == 'file':
@@ -548,9 +547,8 @@ def check_train_val(train: str | os.PathLike | dict, # the training file or dict
         n_ann = sum(a['category_id'] in extra for a in va['annotations'])
         if n_ann and extra_categories == 'refuse':
             raise DatasetError(f"{va.source}: {len(extra)} categories (ids {sorted(extra)[:5]}) with {n_ann} "
-                               "annotations "
-                               f"are not in the training file {tr.source}: the model cannot predict them. Evaluate "
-                               "without them with extra_categories='drop', or train on a file that has them")
+                               f"annotations are not in the training file {tr.source}: the model cannot predict them. "
+                               "Evaluate without them with extra_categories='drop', or train on a file that has them")
         warnings.warn(f"{va.source}: dropped {len(extra)} categories absent from the training file "
                       f"(ids {sorted(extra)[:5]}) and their {n_ann} annotations")
         drop = lambda ids: [c for c in ids if c not in extra]

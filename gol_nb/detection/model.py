@@ -266,6 +266,8 @@ class EvalBatchNorm2d(nn.BatchNorm2d):
 NORM_LAYERS = {'norm_eval': EvalBatchNorm2d, 'frozen_bn': FrozenBatchNorm2d, 'bn': nn.BatchNorm2d,
                'gn': lambda c: nn.GroupNorm(32, c)}
 assert set(NORM_LAYERS) == set(NORM_MODES)
+
+# %% ../../nbs/04a_detection.model.ipynb #01b68513
 NO_WEIGHTS = ('', 'none')  # pretrained values that mean random initialisation
 
 def _load_backbone_weights(body: nn.Module, name: str, pretrained: str) -> str:
@@ -303,6 +305,7 @@ def _load_backbone_weights(body: nn.Module, name: str, pretrained: str) -> str:
     body.load_state_dict({k: v for k, v in sd.items() if not k.startswith('fc.')}, strict=False)
     return f'torchvision:{name}.{weights.name}'
 
+# %% ../../nbs/04a_detection.model.ipynb #02b2bcc9
 def build_backbone(name: str = 'resnet50',              # one of BACKBONES
                    pretrained: Optional[str] = 'IMAGENET1K_V1', # torchvision weights name, checkpoint, or ''/'none'
                    trainable_layers: int = 3,            # stages that train, from the top (3: stem and layer1 frozen)
@@ -318,9 +321,8 @@ def build_backbone(name: str = 'resnet50',              # one of BACKBONES
     loaded = 'none' if pretrained.lower() in NO_WEIGHTS else _load_backbone_weights(body, name, pretrained)
     if loaded == 'none' and norm in ('frozen_bn', 'norm_eval'):
         warnings.warn(f"backbone {name}: norm={norm!r} keeps BatchNorm statistics fixed, but without pretrained "
-                      "weights "
-                      "they normalise nothing; activations can blow up in deep backbones. Prefer norm='bn' or 'gn' "
-                      "when training from scratch.")
+                      "weights they normalise nothing; activations can blow up in deep backbones. Prefer norm='bn' "
+                      "or 'gn' when training from scratch.")
     train = ['layer4', 'layer3', 'layer2', 'layer1', 'conv1'][:trainable_layers]
     if trainable_layers == 5: train.append('bn1')
     for n, p in body.named_parameters():
@@ -344,6 +346,7 @@ def default_nms_thresh(loss: nn.Module # a built `gol_nb.losses` loss
     "Per-class NMS IoU of the authors' configs: 0.3 for the class-statistics losses with Gumbel activation, else 0.5."
     return 0.3 if isinstance(loss, ClassStatsLoss) and loss.activation == 'gumbel' else 0.5
 
+# %% ../../nbs/04a_detection.model.ipynb #97ff44f6
 def mmdet_init(model: MaskRCNN) -> MaskRCNN:
     "mmdetection's initialisation of the FPN convolutions and the box head's two FC layers: Xavier uniform, zero bias."
     layers = [m for m in model.backbone.fpn.modules() if isinstance(m, nn.Conv2d)]
