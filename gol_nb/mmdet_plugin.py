@@ -24,7 +24,7 @@ from mmengine.evaluator import BaseMetric
 from .losses import CLASS_STATS_LOSSES, build_loss
 from .data import load_lvis, class_statistics, check_train_val, LVISDetection
 from .evaluate import Detections, LVISGroundTruth, run_lvis_eval
-from .detection.config import PresetInfo
+from .detection.presets import PresetInfo
 from .detection.inference import to_lvis_detections, evaluate_detections
 
 # %% auto #0

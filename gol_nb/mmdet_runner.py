@@ -26,7 +26,7 @@ from .engine import (RunConfig, check_run_config, apply_overrides, load_config, 
                            atomic_write_text, trainer_parser, parse_trainer_args, run_trainer_cli, rng_state,
                            set_rng_state, require_devices, NonFiniteError)
 from .data import load_lvis, check_train_val, DataSource, resolve_data
-from .data.synthetic import DATA_KEYS
+from .data.source import DATA_KEYS
 from .losses import LOSSES
 from .data.dataset import image_path
 from .mmdet_plugin import MMDET_CONFIGS, MMDET_CONFIG_INFO, CONFIG_DIR, set_classes

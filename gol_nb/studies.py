@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from .data.synthetic import make_mini_lvis, project_root, data_root, DataSource, DATA_KEYS, resolve_data
+from .data.synthetic import make_mini_lvis
+from .data.source import project_root, data_root, DataSource, DATA_KEYS, resolve_data
 from .engine import (atomic_write_text, atomic_write_bytes, load_checkpoint, latest_checkpoint, run_status,
                            resume_changes, ConfigMismatchError, require_devices)
-from .detection.config import get_config, PRESET_INFO, STUDIES, study_presets
+from .detection.presets import get_config, PRESET_INFO, STUDIES, study_presets
 from .detection.train import run_training
 from .evidence import Matching, match_detections, compare_rows, verdict, SEED_MODES
 

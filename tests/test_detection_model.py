@@ -12,7 +12,8 @@ from gol_nb.detection.model import (build_detector, build_backbone, predict, tin
                                     CosineMaskPredictor, MMDetRoIAlign, MMDetRPN, EvalBatchNorm2d,
                                     polygon_mask_targets, mask_loss, default_nms_thresh, detector_from_config,
                                     loss_kwargs_for)
-from gol_nb.detection.config import DetConfig, get_config
+from gol_nb.detection.config import DetConfig
+from gol_nb.detection.presets import get_config
 
 warnings.filterwarnings('ignore', message='backbone')
 C = 5

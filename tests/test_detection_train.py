@@ -5,7 +5,8 @@ import pytest
 import torch
 import yaml
 import gol_nb.detection.train as T
-from gol_nb.detection.config import get_config, DetConfig, PRESETS
+from gol_nb.detection.config import DetConfig
+from gol_nb.detection.presets import get_config, PRESETS
 from gol_nb.detection.train import train, run_training, main, SimulatedCrash, config_lr
 from gol_nb.cli import main as gol_train
 from gol_nb.engine import (load_checkpoint, latest_checkpoint, read_jsonl, ConfigMismatchError, RunFolderError,

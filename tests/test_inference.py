@@ -10,7 +10,7 @@ from PIL import Image
 from pycocotools import mask as pmu
 
 from gol_nb.data import LVISDetection, make_synthetic_lvis
-from gol_nb.detection.config import get_config
+from gol_nb.detection.presets import get_config
 from gol_nb.detection.inference import (checkpoint_classes, eval_main, evaluate_checkpoint, evaluate_detector,
                                         load_model, predict_images, predict_main, to_lvis_detections, to_lvis_records)
 from gol_nb.detection.model import predict

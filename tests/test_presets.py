@@ -5,8 +5,8 @@ import pytest
 import torch
 from gol_nb.engine import save_config, load_config
 from gol_nb.losses import build_loss
-from gol_nb.detection.config import (DetConfig, PRESETS, PRESET_INFO, PresetInfo, STUDIES, study_presets, get_config,
-                                     validate_config)
+from gol_nb.detection.config import DetConfig, validate_config
+from gol_nb.detection.presets import PRESETS, PRESET_INFO, PresetInfo, STUDIES, study_presets, get_config
 from gol_nb.detection.model import loss_kwargs_for, default_nms_thresh
 
 # the paper's tables (mask AP, APr, APc, APf, box AP on LVIS val), typed from the paper independently of the presets

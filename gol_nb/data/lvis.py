@@ -42,7 +42,8 @@ def image_file_name(img: dict # an LVIS image record
     name = img.get('file_name') or ''
     if name:
         base = name.rsplit('/', 1)[-1]
-        if base.startswith('COCO_') and base.count('_') >= 2: return base.rsplit('_', 1)[1]  # COCO_val2014_000000266409.jpg
+        # COCO_val2014_000000266409.jpg -> 000000266409.jpg
+        if base.startswith('COCO_') and base.count('_') >= 2: return base.rsplit('_', 1)[1]
         return name
     return (img.get('coco_url') or '').rsplit('/', 1)[-1]
 
@@ -247,7 +248,7 @@ def _int_column(recs: list, key: str) -> np.ndarray:
     return np.fromiter(vals, np.int64, len(vals))
 
 def _check_annotations(anns, image_ids: np.ndarray, image_hw: np.ndarray, cat_ids, err):
-    "Column-wise check of all annotations against the sorted image ids and sizes; on a problem, find and name the record."
+    "Column-wise check of all annotations against the sorted image ids and sizes; on a problem, name the record."
     def slow(idx):
         seen, images = {}, dict(zip(image_ids.tolist(), map(tuple, image_hw.tolist())))
         for i in idx: _check_annotation(i, anns[i], images, cat_ids, seen, err)
@@ -306,7 +307,7 @@ def _lookup(ids: np.ndarray, # (M,) sorted unique ids
 
 def image_class_pairs(lvis: dict # an LVIS dict (ids are checked; use `load_lvis` for a full check)
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    "Unique (image, class) pairs as indices `(img_idx, cat_idx)` into the sorted `image_ids` and `category_ids` (returned too)."
+    "Unique (image, class) pairs as indices `(img_idx, cat_idx)` into the sorted `image_ids`, `category_ids` (too)."
     src = getattr(lvis, 'source', '<dict>')
     image_ids = np.sort(np.fromiter(map(itemgetter('id'), lvis['images']), np.int64, len(lvis['images'])))
     cat_ids = np.sort(np.fromiter(map(itemgetter('id'), lvis['categories']), np.int64, len(lvis['categories'])))
@@ -498,7 +499,7 @@ def _exhaustive_negatives(lv: LVISDict) -> list:
 
 def with_train_frequencies(val: str | os.PathLike | dict, # the validation file or dict
                            train: str | os.PathLike | dict, # the training file or dict
-                           exhaustive: bool | None = None, # COCO-style negatives for every image (None: if none has any)
+                           exhaustive: bool | None = None, # COCO-style negatives for all images (None: if none has any)
                           ) -> LVISDict:
     "The validation set with each category's `image_count` and `frequency` taken from the training file."
     tr, va = load_lvis(train), load_lvis(val)
@@ -506,7 +507,8 @@ def with_train_frequencies(val: str | os.PathLike | dict, # the validation file 
     missing = [c['id'] for c in va['categories'] if c['id'] not in by_id]
     if missing:
         raise DatasetError(f"{va.source}: {len(missing)} categories are not in the training file {tr.source} "
-                           f"(ids {missing[:5]}): they have no training image count; check_train_val matches the two first")
+                           f"(ids {missing[:5]}): they have no training image count; check_train_val matches the "
+                           "two first")
     cats = [dict(c, image_count=by_id[c['id']]['image_count'], frequency=by_id[c['id']]['frequency'])
             for c in va['categories']]
     if va.frequency_source == 'file':
@@ -525,12 +527,13 @@ def check_train_val(train: str | os.PathLike | dict, # the training file or dict
                     val: str | os.PathLike | dict, # the validation file or dict
                     extra_categories: str = 'refuse', # val categories absent from train: 'refuse' or 'drop'
                    ) -> LVISDict:
-    "Match the validation set's categories to the training set's by id (see above); return it with training frequencies."
+    "Match the validation set's categories to the training set's by id (see above); return it with their frequencies."
     if extra_categories not in ('refuse', 'drop'):
         raise ValueError(f"extra_categories must be 'refuse' or 'drop', got {extra_categories!r}")
     tr, va = check_train_set(train), load_lvis(val)
     for key in ('images', 'annotations'):
-        if not va[key]: raise DatasetError(f"{va.source}: the validation file holds no {key}: there is nothing to evaluate")
+        if not va[key]:
+            raise DatasetError(f"{va.source}: the validation file holds no {key}: there is nothing to evaluate")
     tr_by, va_by = {c['id']: c for c in tr['categories']}, {c['id']: c for c in va['categories']}
     renamed = [(i, va_by[i]['name'], tr_by[i]['name']) for i in sorted(va_by.keys() & tr_by.keys())
                if va_by[i]['name'] != tr_by[i]['name']]
@@ -543,9 +546,9 @@ def check_train_val(train: str | os.PathLike | dict, # the training file or dict
     if extra:
         n_ann = sum(a['category_id'] in extra for a in va['annotations'])
         if n_ann and extra_categories == 'refuse':
-            raise DatasetError(f"{va.source}: {len(extra)} categories (ids {sorted(extra)[:5]}) with {n_ann} annotations "
-                               f"are not in the training file {tr.source}: the model cannot predict them. Evaluate "
-                               "without them with extra_categories='drop', or train on a file that has them")
+            raise DatasetError(f"{va.source}: {len(extra)} categories (ids {sorted(extra)[:5]}) with {n_ann} "
+                               f"annotations are not in the training file {tr.source}: the model cannot predict them. "
+                               "Evaluate without them with extra_categories='drop', or train on a file that has them")
         warnings.warn(f"{va.source}: dropped {len(extra)} categories absent from the training file "
                       f"(ids {sorted(extra)[:5]}) and their {n_ann} annotations")
         drop = lambda ids: [c for c in ids if c not in extra]

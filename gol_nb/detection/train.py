@@ -18,8 +18,9 @@ from ..engine import (atomic_write_json, atomic_write_text, init_distributed, cl
                            RunGuard, RunInterrupted, scaled_lr, schedule_lr, trainer_parser, parse_trainer_args,
                            run_trainer_cli, OneLineParser, unlock_run_folder, checkpoint_step, restore_rng_state,
                            train_or_launch)
-from . import config as detconfig
-from .config import DetConfig, get_config, validate_config
+from . import presets
+from .config import DetConfig, validate_config
+from .presets import get_config
 from .model import detector_from_config
 from .inference import evaluate_detector, checkpoint_classes
 
@@ -330,8 +331,8 @@ def run_training(cfg: DetConfig,           # the run's configuration
 
 def _preset_lines() -> dict:
     "Preset name -> one-line description (A's PRESET_INFO where it has one)."
-    info = getattr(detconfig, 'PRESET_INFO', {})
-    return {n: getattr(info.get(n), 'description', '') for n in detconfig.PRESETS}
+    info = getattr(presets, 'PRESET_INFO', {})
+    return {n: getattr(info.get(n), 'description', '') for n in presets.PRESETS}
 
 def detection_parser() -> OneLineParser:
     "The torchvision trainer's command line: the trainers' shared flags, `--check-images` and the DetConfig keys."
