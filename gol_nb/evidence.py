@@ -79,13 +79,28 @@ def greedy_match(ious: np.ndarray # (n_det, n_gt) IoUs, detections by decreasing
     return matched
 
 # %% ../nbs/04g_evidence.ipynb #7b925c7e
+def _image_truth(im: dict, anns: list, pos: dict) -> tuple[dict, set, set]:
+    "An image's ground truth by class index, and its negative and not-exhaustive classes (as class indices)."
+    g_of = {}
+    for a in anns: g_of.setdefault(pos[a['category_id']], []).append(a)
+    neg = {pos[c] for c in im['neg_category_ids'] if c in pos}
+    nel = {pos[c] for c in im['not_exhaustive_category_ids'] if c in pos}
+    return g_of, neg, nel
+
+def _class_matches(d, rows: np.ndarray, g: list, im: dict, iou_type: str) -> np.ndarray:
+    "(T, n) bool: which of one image's detections `rows` of a class (by decreasing score) match its objects `g`."
+    from pycocotools import mask as mu
+    if not g: return np.zeros((len(IOU_THRS), len(rows)), bool)
+    if iou_type == 'segm': ious = mu.iou(d.select(rows).rles(), [_gt_rle(a, im) for a in g], [0] * len(g))
+    else: ious = mu.iou(d.bbox[rows], np.array([a['bbox'] for a in g], np.float64), [0] * len(g))
+    return greedy_match(np.asarray(ious, np.float64).reshape(len(rows), len(g)))
+
 def match_detections(gt,                   # the ground truth: LVIS annotation file, dict or `LVISGroundTruth`
                      detections,           # `Detections`, LVIS records, a results json or detection files
                      iou_type: str = 'segm', # 'segm' (mask AP) or 'bbox' (box AP)
                      max_dets: int = 300,  # detections kept per image (highest scores), as LVIS does
                     ) -> Matching:
     "Match a run's detections to the ground truth once, by LVIS's rules (area 'all'), for AP under any image weights."
-    from pycocotools import mask as mu
     gt = LVISGroundTruth.of(gt)
     d = check_detections(detections, gt, iou_type)
     if len(d): d = d.select(top_k_indices(d.image_id, d.score, max_dets))
@@ -99,23 +114,15 @@ def match_detections(gt,                   # the ground truth: LVIS annotation f
     order = np.lexsort((cls, img))  # by image, then class; original order within
     starts = np.searchsorted(img[order], np.arange(N + 1))
     for i, im in enumerate(images):
-        g_of = {}
-        for a in by_image.get(im['id'], []): g_of.setdefault(pos[a['category_id']], []).append(a)
+        g_of, neg, nel = _image_truth(im, by_image.get(im['id'], []), pos)
         for k, g in g_of.items(): gt_count[i, k] = len(g)
-        neg = {pos[c] for c in im['neg_category_ids'] if c in pos}
-        nel = {pos[c] for c in im['not_exhaustive_category_ids'] if c in pos}
         rows_i = order[starts[i]:starts[i + 1]]
         for k in np.unique(cls[rows_i]).tolist():
             if k not in g_of and k not in neg: continue  # neither known present nor known absent: not judged
             rows = rows_i[cls[rows_i] == k]
             rows = rows[np.argsort(-d.score[rows], kind='stable')]
             keep[rows] = True
-            g = g_of.get(k, [])
-            if g:
-                if iou_type == 'segm': ious = mu.iou(d.select(rows).rles(), [_gt_rle(a, im) for a in g], [0] * len(g))
-                else: ious = mu.iou(d.bbox[rows], np.array([a['bbox'] for a in g], np.float64), [0] * len(g))
-                m = greedy_match(np.asarray(ious, np.float64).reshape(len(rows), len(g)))
-            else: m = np.zeros((T, len(rows)), bool)
+            m = _class_matches(d, rows, g_of.get(k, []), im, iou_type)
             tp[:, rows] = m
             fp[:, rows] = ~m & (k not in nel)  # unmatched in a not-exhaustive class: ignored
     kept = np.flatnonzero(keep)
@@ -125,7 +132,7 @@ def match_detections(gt,                   # the ground truth: LVIS annotation f
                     np.searchsorted(cls[kept], np.arange(K + 1)), img[kept].astype(np.int64), d.score[kept].copy(),
                     tp[:, kept], fp[:, kept])
 
-# %% ../nbs/04g_evidence.ipynb #93bc7b65
+# %% ../nbs/04g_evidence.ipynb #585bfa7e
 def interpolated_ap(rc: np.ndarray, # (M, n) recall after each detection (non-decreasing along a row)
                     pr: np.ndarray, # (M, n) precision after each detection
                    ) -> np.ndarray: # (M,)
@@ -135,6 +142,26 @@ def interpolated_ap(rc: np.ndarray, # (M, n) recall after each detection (non-de
     reached = np.diff(k, axis=1, prepend=0)
     best = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
     return (best * reached).sum(1) / len(REC_THRS)
+
+def _weighted_ap(tp: np.ndarray,   # (T, n) bool: one class's detections that are true positives at each IoU
+                 fp: np.ndarray,   # (T, n) bool: false positives (an ignored detection is neither)
+                 img: np.ndarray,  # (n,) the image (index) of each detection
+                 w: np.ndarray,    # (B, N) image weights, one line per resample
+                 ng: np.ndarray,   # (B,) the class's weighted ground-truth objects
+                 max_elements: int, # bounds the memory: resamples are processed in chunks
+                ) -> np.ndarray:   # (B,)
+    "One class's AP in every resample: weighted cumulative recall and precision, interpolated, mean over IoU."
+    (T, n), judged = tp.shape, tp | fp
+    out, step = np.empty(len(w)), max(1, max_elements // (T * n))
+    for b in range(0, len(w), step):
+        wb = w[b:b + step, img]  # (b, n)
+        tpc = np.cumsum(wb[:, None, :] * tp, axis=2)  # (b, T, n) weighted true positives so far
+        dc = np.cumsum(wb[:, None, :] * judged, axis=2) if not judged.all() else np.cumsum(wb, axis=1)[:, None]
+        ngb = ng[b:b + step]
+        rc = tpc / np.where(ngb > 0, ngb, 1.)[:, None, None]
+        pr = tpc / (dc + np.spacing(1))  # as lvis-api: tp / (fp + tp + eps)
+        out[b:b + step] = interpolated_ap(rc.reshape(-1, n), pr.reshape(-1, n)).reshape(-1, T).mean(1)
+    return out
 
 def class_ap(m: Matching,            # from `match_detections`
              weights: np.ndarray,    # (N,) or (B, N) non-negative weight (multiplicity) of each image
@@ -147,7 +174,7 @@ def class_ap(m: Matching,            # from `match_detections`
         raise ValueError(f"weights: expected shape (N,) or (B, N) with N={len(m.image_ids)} images, "
                          f"got {np.shape(weights)}")
     if (w < 0).any() or not np.isfinite(w).all(): raise ValueError("weights: expected finite values >= 0")
-    B, K, T = len(w), len(m.category_ids), m.tp.shape[0]
+    B, K = len(w), len(m.category_ids)
     num_gt = w @ m.gt_count
     ap = np.full((B, K), np.nan)
     for k in range(K):
@@ -155,20 +182,11 @@ def class_ap(m: Matching,            # from `match_detections`
         if not has.any(): continue
         s, e = int(m.class_start[k]), int(m.class_start[k + 1])
         if e == s: ap[has, k] = 0.; continue
-        tpk, imk = m.tp[:, s:e], m.det_image[s:e]
-        judged = m.tp[:, s:e] | m.fp[:, s:e]  # ignored detections are neither
-        step = max(1, max_elements // (T * (e - s)))
-        for b in range(0, B, step):
-            wb = w[b:b + step, imk]  # (b, n)
-            tpc = np.cumsum(wb[:, None, :] * tpk, axis=2)  # (b, T, n) weighted true positives so far
-            dc = np.cumsum(wb[:, None, :] * judged, axis=2) if not judged.all() else np.cumsum(wb, axis=1)[:, None]
-            ng = num_gt[b:b + step, k]
-            rc = tpc / np.where(ng > 0, ng, 1.)[:, None, None]
-            pr = tpc / (dc + np.spacing(1))  # as lvis-api: tp / (fp + tp + eps)
-            ap[b:b + step, k] = interpolated_ap(rc.reshape(-1, e - s), pr.reshape(-1, e - s)).reshape(-1, T).mean(1)
+        ap[:, k] = _weighted_ap(m.tp[:, s:e], m.fp[:, s:e], m.det_image[s:e], w, num_gt[:, k], max_elements)
         ap[~has, k] = np.nan
     return ap[0] if single else ap
 
+# %% ../nbs/04g_evidence.ipynb #93bc7b65
 def _group_mean(ap: np.ndarray, cols: np.ndarray) -> np.ndarray:
     "Mean over the classes `cols` that are defined (not NaN); NaN where none is."
     v = ap[..., cols]
@@ -198,6 +216,7 @@ def resample_weights(n_images: int,      # N: validation images
     np.add.at(w, (np.arange(resamples)[:, None], draws), 1)
     return w
 
+# %% ../nbs/04g_evidence.ipynb #16503b4c
 SEED_MODES = ('average', 'resample')
 
 def paired_interval(row: np.ndarray,   # (S, B) a row's metric, one line per seed, one column per resample
@@ -246,6 +265,17 @@ def _same_images(runs: dict) -> np.ndarray:
     if ids is None: raise ValueError("runs: no matching given")
     return ids
 
+def _difference(own: np.ndarray,           # (S, 1 + B) a row's metric: the full set, then the resamples
+                ref: np.ndarray | None,    # (S0, 1 + B) its baseline's (None: no baseline among the runs)
+                same: bool,                # the row is its own baseline
+                resamples: int, level: float, seeds: str, seed: int, # as `compare_rows` takes them
+               ) -> tuple:
+    "(difference on the full set, lo, hi, resamples used) of a row against its baseline (NaN: not compared)."
+    if ref is None or not len(ref) or not len(own): return np.nan, np.nan, np.nan, 0
+    if same: return 0., 0., 0., resamples
+    lo, hi, used = paired_interval(own[:, 1:], ref[:, 1:], level, seeds, seed)
+    return float(own[:, 0].mean() - ref[:, 0].mean()), lo, hi, used
+
 def compare_rows(runs: dict,          # {row: [{'segm': Matching, 'bbox': Matching} per seed]}
                  baselines: dict,     # {row: its baseline row (itself for a baseline; None: not compared)}
                  resamples: int = 1000, # bootstrap resamples of the validation images
@@ -266,13 +296,8 @@ def compare_rows(runs: dict,          # {row: [{'segm': Matching, 'bbox': Matchi
         for k in metrics:
             own = stack(n, k)
             line[k] = float(np.mean(own[:, 0])) if len(own) else np.nan  # the full set, seeds averaged
-            if b is None or b not in runs or not len(runs[b]) or not len(own):
-                lo = hi = est = np.nan; used = 0
-            elif b == n: lo = hi = est = 0.; used = resamples
-            else:
-                ref = stack(b, k)
-                est = float(own[:, 0].mean() - ref[:, 0].mean())
-                lo, hi, used = paired_interval(own[:, 1:], ref[:, 1:], level, seeds, seed)
+            ref = stack(b, k) if b is not None and b in runs else None
+            est, lo, hi, used = _difference(own, ref, b == n, resamples, level, seeds, seed)
             line.update({f'd{k}': est, f'd{k}_lo': lo, f'd{k}_hi': hi, f'd{k}_resamples': used})
         lines.append(line)
     return pd.DataFrame(lines).set_index('row')
