@@ -281,6 +281,7 @@ def as_validation_set(ann: str | os.PathLike | dict, # an LVIS or COCO-format an
             zip(classes['category_ids'], classes['names'], classes['image_counts'], classes['frequency'])]
     return with_train_frequencies(va, {'images': [], 'annotations': [], 'categories': cats})
 
+# %% ../../nbs/04d_detection.inference.ipynb #9c499412
 CALIBRATIONS = ('none', 'frequency', 'fracal') # no rescoring; w_c only; w_c + f_c (`gol_nb.evaluate`)
 
 def _calibrate(d: Detections, model: torch.nn.Module, how: str, lam: float, train_ann) -> Detections:
@@ -298,6 +299,7 @@ def _calibrate(d: Detections, model: torch.nn.Module, how: str, lam: float, trai
         fractal = fractal_dimensions(tr)
     return calibrate_detections(d, stats, model.roi_heads.cls_loss.activation, fractal, lam)
 
+# %% ../../nbs/04d_detection.inference.ipynb #d21a4e1d
 def evaluate_checkpoint(run_dir_or_checkpoint: str | os.PathLike, # a run folder or a checkpoint file
                         ann: str | os.PathLike | None = None, # annotation json (default: the run's validation set)
                         images: str | os.PathLike | None = None, # image folder of `ann`
@@ -352,6 +354,7 @@ def evaluate_checkpoint(run_dir_or_checkpoint: str | os.PathLike, # a run folder
                                                'seconds': round(time.time() - t0, 1)})
     return metrics
 
+# %% ../../nbs/04d_detection.inference.ipynb #f742c6f3
 def _at_least_one(s: str) -> int:
     v = int(s)
     if v < 1: raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
@@ -400,8 +403,6 @@ def eval_main(argv: Optional[list[str]] = None # command-line arguments (default
     print(json.dumps({k: round(m[k], 4) for k in ('AP', 'APr', 'APc', 'APf', 'APb') if k in m}), flush=True)
 
 # %% ../../nbs/04d_detection.inference.ipynb #a2854be2
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
-
 def class_colour(label: int) -> tuple[int, int, int]:
     "A colour per class label, spread around the hue circle."
     import colorsys
@@ -437,6 +438,7 @@ def label_positions(boxes: Sequence[Sequence[float]], # each label's box (x1, y1
         out.append(spot)
     return out
 
+# %% ../../nbs/04d_detection.inference.ipynb #fc94bdbf
 def draw_detections(image: torch.Tensor, # 3 x H x W, uint8 or float in [0, 1]
                     det: dict, # boxes (xyxy), labels (1..C), scores[, masks N x 1 x H x W]
                     names: Sequence[str], # class name of labels 1..C
@@ -469,6 +471,9 @@ def draw_detections(image: torch.Tensor, # 3 x H x W, uint8 or float in [0, 1]
         l, t0, _, _ = draw.textbbox((0, 0), t, font=font)
         draw.text((xy[0] + 1 - l, xy[1] + 1 - t0), t, fill=(0, 0, 0), font=font)
     return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+
+# %% ../../nbs/04d_detection.inference.ipynb #790e995a
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
 def _image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     out = []
@@ -513,6 +518,7 @@ def predict_images(model: torch.nn.Module, # from `load_model`
     atomic_write_json(out / 'detections.json', records)
     return records
 
+# %% ../../nbs/04d_detection.inference.ipynb #e47482b6
 def _unit(s: str) -> float:
     v = float(s)
     if not 0 <= v <= 1: raise argparse.ArgumentTypeError(f"must be a score in [0, 1], got {s}")

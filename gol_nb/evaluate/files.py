@@ -66,6 +66,7 @@ class DetectionWriter:
         if exc_type is None: self.close()
         else: self.abort()
 
+# %% ../../nbs/03b_evaluate.files.ipynb #d7cf8db5
 def is_detection_file(path: str | os.PathLike) -> bool:
     "Whether `path` is a file written by `DetectionWriter`."
     try:
@@ -99,6 +100,7 @@ def read_detections(paths: str | os.PathLike | Sequence # a detection file, or s
                 parts.append(Detections(*cols, size, counts, bool(from_mask)))
     return Detections.concat(parts)
 
+# %% ../../nbs/03b_evaluate.files.ipynb #88e0b3ff
 def _parse_json(raw: bytes, path: str | os.PathLike) -> object:
     "Parsed by orjson when installed; by Python's json what orjson refuses (NaN), with its error message."
     try:
@@ -143,6 +145,7 @@ def _read_json_detections(path: str | os.PathLike, masks: bool) -> Detections:
     d = _pieces_to_detections(raw, masks) if len(raw) > JSON_PIECE else None
     return d if d is not None else detections_from_records(_parse_json(raw, path), masks)
 
+# %% ../../nbs/03b_evaluate.files.ipynb #4131ce51
 @_gc_paused
 def load_detections(detections, # `Detections`, LVIS records, a results json, or one or several detection files
                     masks: bool = True, # keep the masks (records: read the 'segmentation' field)
