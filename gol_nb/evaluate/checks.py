@@ -143,6 +143,7 @@ def _check_rle_counts(d: Detections, full: bool = True, chunk: int = 20_000):
             raise DetectionFormatError(f"detections[{s + q}]: field 'segmentation' compressed RLE counts {why}: "
                                        f"{counts[q][:40]!r}")
 
+# %% ../../nbs/03c_evaluate.checks.ipynb #b0569503
 def check_detections(detections, # `Detections`, LVIS records, a results json, or detection files (`read_detections`)
                      gt, # the ground truth: `LVISGroundTruth`, LVIS dict or file
                      iou_type: str = 'bbox', # 'bbox' or 'segm'
