@@ -20,8 +20,9 @@ class EQLv2(ClassificationLoss):
 
     With g_j = (accumulated positive |dL/dx|) / (accumulated negative |dL/dx|) and
     f(g) = 1 / (1 + exp(-gamma (g - mu))), negatives of class j weigh q_j = f(g_j) and positives
-    r_j = 1 + alpha (1 - q_j). After each training forward (logits that require grad) the weighted |p - y| of this batch are added to the buffers `pos_grad` and `neg_grad`
-    (all-reduced across processes when torch.distributed is initialised); before any gradient is seen, weights are 1."""
+    r_j = 1 + alpha (1 - q_j). After each training forward (logits that require grad) the weighted |p - y| of this
+    batch are added to the buffers `pos_grad` and `neg_grad` (all-reduced across processes when torch.distributed
+    is initialised); before any gradient is seen, weights are 1."""
     def __init__(self, num_classes: int,           # C, foreground classes
                  gamma: float = 12.,               # steepness of the mapping f
                  mu: float = .8,                   # the gradient ratio at which f = 1/2
