@@ -26,6 +26,7 @@ def _gc_paused(f):
             if was: gc.enable()
     return run
 
+# %% ../../nbs/03a_evaluate.ipynb #5d87b424
 @dataclass
 class Detections:
     "LVIS detection results as columns, row i being detection i (no Python dict per detection)."
@@ -153,6 +154,7 @@ def _from_records_fast(recs: list, masks: bool) -> Detections | None:
         return Detections(img, cat, score, box, size, counts, box_from_mask=True)
     return Detections(img, cat, score, box, size, counts)
 
+# %% ../../nbs/03a_evaluate.ipynb #ca89054e
 def _from_records_slow(recs: list, masks: bool) -> Detections:
     "Record-by-record conversion: raises a DetectionFormatError naming the first record whose fields do not fit."
     def err(i, field, msg): raise DetectionFormatError(f"detections[{i}]: field '{field}' {msg}")
@@ -189,6 +191,7 @@ def _from_records_slow(recs: list, masks: bool) -> Detections:
         d.bbox, d.box_from_mask = mu.toBbox(d.rles()).reshape(-1, 4).astype(np.float64), True
     return d
 
+# %% ../../nbs/03a_evaluate.ipynb #4875e450
 @_gc_paused
 def detections_from_records(records: list, # LVIS result records
                             masks: bool = False, # read the 'segmentation' field too
