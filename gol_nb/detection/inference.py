@@ -201,6 +201,21 @@ def locate_checkpoint(src: str | os.PathLike, # a run folder (its newest readabl
     else: raise FileNotFoundError(f"{path}: the checkpoint holds no config and there is no {run / 'config.yaml'}")
     return path, ckpt, cfg
 
+# %% ../../nbs/04d_detection.inference.ipynb #7a830346
+def resolve_device(device: str | torch.device = 'auto') -> torch.device:
+    "'auto': the GPU when there is one, else the CPU; a GPU asked for that is not there: one sentence."
+    if str(device) == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda' (or 'cuda:N'), got {str(device)!r}") from None
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if dev.type == 'cuda' and (dev.index or 0) >= n:
+        have = 'no GPU is visible' if n == 0 else f'only {n} GPU(s) are visible'
+        raise DeviceError(f"device {str(device)!r} asked for, but {have} (CUDA_VISIBLE_DEVICES="
+                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): use device 'cpu' or 'auto'")
+    return dev
+
+# %% ../../nbs/04d_detection.inference.ipynb #a75e6d11
 def _classes(ckpt: dict, cfg: DetConfig, path: Path, train_ann) -> dict:
     if isinstance(ckpt.get('classes'), dict): return ckpt['classes']
     ann = train_ann or cfg.train_ann
@@ -215,19 +230,6 @@ def _build(cfg: DetConfig, stats: ClassStatistics) -> torch.nn.Module:
     with warnings.catch_warnings():  # the backbone's warnings about missing pretrained weights do not apply
         warnings.filterwarnings('ignore', category=UserWarning, module=r'gol_nb\.detection\.model')
         return detector_from_config(dataclasses.replace(cfg, pretrained='none'), stats)
-
-def resolve_device(device: str | torch.device = 'auto') -> torch.device:
-    "'auto': the GPU when there is one, else the CPU; a GPU asked for that is not there: one sentence."
-    if str(device) == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try: dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda' (or 'cuda:N'), got {str(device)!r}") from None
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if dev.type == 'cuda' and (dev.index or 0) >= n:
-        have = 'no GPU is visible' if n == 0 else f'only {n} GPU(s) are visible'
-        raise DeviceError(f"device {str(device)!r} asked for, but {have} (CUDA_VISIBLE_DEVICES="
-                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): use device 'cpu' or 'auto'")
-    return dev
 
 def load_model(run_dir_or_checkpoint: str | os.PathLike, # a run folder (its newest checkpoint) or a checkpoint file
                device: str | torch.device = 'cpu', # where to put the model ('auto': the GPU if any)
