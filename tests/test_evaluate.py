@@ -366,7 +366,7 @@ def test_columns_checked_and_named():
 
 def test_results_json_read_in_pieces_equals_one_go(tmp_path, monkeypatch):
     "A large results json is parsed a piece at a time; pieces cut anywhere odd fall back to the whole file."
-    import gol_nb.evaluate as ev
+    import gol_nb.evaluate.files as ev  # JSON_PIECE, the piece size, is a global of the files module
     gt = small_lvis()
     dets = make_detections(gt, 'segm', seed=12)
     dets[3]['note'] = 'a string with }, { inside'  # a '}, {' gap that is no record boundary

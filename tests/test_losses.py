@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import gol_nb.losses as L
+import gol_nb.losses.kernel as K  # the fused kernel's cache lives there
 from gol_nb.losses import (build_loss, LOSSES, CLASS_STATS_LOSSES, GUMBEL_LOSSES, OFFICIAL_LOSSES, GumbelBCE,
                            SigmoidBCE, SoftmaxCE, EQL, DropLoss, GOL, FederatedLoss, resolve_lambda, init_classifier)
 
@@ -301,8 +302,8 @@ def test_finite_for_finite_logits_fp32_and_autocast(name):
 # ---------------------------------------------------------------- issue 13: keywords and label conventions
 def test_background_channel_keyword_is_uniform():
     assert SoftmaxCE(C, background_channel=False).num_channels == C
-    with pytest.warns(FutureWarning, match='background_channel'):
-        assert SoftmaxCE(C, background=False).num_channels == C
+    with pytest.raises(TypeError, match='background'):  # one name for the keyword: the old `background` is gone
+        SoftmaxCE(C, background=False)
     for cls in (SoftmaxCE, SigmoidBCE, GumbelBCE):
         assert cls(C, background_channel=True).num_channels == C + 1
 
@@ -357,7 +358,7 @@ def fused_batch():
 def test_fused_matches_eager(fused_batch):
     loss_e, grad_e = _loss_and_grad(False, *fused_batch)
     loss_f, grad_f = _loss_and_grad(True, *fused_batch)
-    assert L._fused_kernel is not None and L._fused_kernel is not L._gumbel_bce_dense  # really compiled
+    assert K._fused_kernel is not None and K._fused_kernel is not K._gumbel_bce_dense  # really compiled
     assert torch.isfinite(loss_f) and loss_f > 0
     torch.testing.assert_close(loss_f, loss_e, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_f, grad_e, rtol=1e-5, atol=1e-7)
@@ -368,14 +369,14 @@ def test_fused_falls_back_when_compile_fails(fused_batch, monkeypatch):
     def broken_compile(fn, **kw):
         def run(*a): raise RuntimeError('no C++ compiler')
         return run
-    monkeypatch.setattr(L, '_fused_kernel', None)
+    monkeypatch.setattr(K, '_fused_kernel', None)
     monkeypatch.setattr(torch, 'compile', broken_compile)
     with pytest.warns(UserWarning, match='torch.compile failed'):
         loss_f, grad_f = _loss_and_grad(True, *fused_batch)
     loss_e, grad_e = _loss_and_grad(False, *fused_batch)
     torch.testing.assert_close(loss_f, loss_e, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_f, grad_e, rtol=1e-5, atol=1e-7)
-    monkeypatch.setattr(L, '_fused_kernel', None)  # later tests compile for real
+    monkeypatch.setattr(K, '_fused_kernel', None)  # later tests compile for real
 
 
 # ---------------------------------------------------------------- issue 22: the shared closed-form autograd path

@@ -19,7 +19,8 @@ def per_class_accuracy(preds: Sequence[int], # (N,) predicted labels
                       ) -> np.ndarray:
     "Top-1 accuracy of each class, (C,); NaN for a class absent from `targets`."
     preds, targets = np.asarray(preds), np.asarray(targets)
-    if preds.shape != targets.shape: raise ValueError(f"preds {preds.shape} and targets {targets.shape} differ in shape")
+    if preds.shape != targets.shape:
+        raise ValueError(f"preds {preds.shape} and targets {targets.shape} differ in shape")
     n = np.bincount(targets, minlength=num_classes).astype(float)
     hit = np.bincount(targets[preds == targets], minlength=num_classes)
     with np.errstate(invalid='ignore', divide='ignore'): return np.where(n > 0, hit / n, np.nan)
