@@ -11,8 +11,8 @@ MAX_FUNC, MAX_P90, MAX_FILE, MAX_LONG, WIDTH = 80, 25, 600, 30, 120
 # The layers, lowest first: a module imports only from its own layer and those below (the package root, whose
 # lazy `from gol_nb import GOL` reaches up, is left out). CONTRIBUTING.md shows the same list.
 LAYERS = (('engine', 'activations'), ('losses',), ('data',), ('distribution', 'evaluate'),
-          ('evidence', 'params', 'classification', 'detection'), ('mmdet_plugin',), ('mmdet_runner',), ('studies',),
-          ('analysis', 'cli'))
+          ('evidence', 'params', 'classification', 'detection'), ('mmdet_plugin',),
+          ('mmdet_run_config', 'mmdet_run_hooks'), ('mmdet_runner',), ('studies',), ('analysis', 'cli'))
 LAYER = {f'gol_nb.{name}': i for i, names in enumerate(LAYERS) for name in names}
 
 def library_files():
@@ -53,8 +53,8 @@ def upward_imports(module: str, imports: set) -> list:
     "The gol_nb modules `module` imports from a layer above its own (a module missing from LAYERS counts as above)."
     if unit(module) == 'gol_nb': return []
     own = LAYER.get(unit(module), -1)
-    return sorted(m for m in imports if unit(m) != 'gol_nb' and unit(m) != unit(module)
-                  and LAYER.get(unit(m), len(LAYERS)) > own)
+    return sorted({unit(m) for m in imports if unit(m) != 'gol_nb' and unit(m) != unit(module)
+                   and LAYER.get(unit(m), len(LAYERS)) > own})
 
 def measure():
     funcs, long_lines, sizes, upward = [], [], {}, []
