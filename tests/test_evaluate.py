@@ -614,3 +614,11 @@ def test_rle_check_agrees_with_the_full_decoder():
     assert ours == ref
     first = _rle_counts_problem(strs, area)
     assert first is not None and first[0] == ref.index(True)
+
+
+def test_rle_syntax_check_of_a_few_short_strings():
+    "Under six characters in all (a chunk of tiny masks) the syntax check still answers instead of crashing."
+    from gol_nb.evaluate.checks import _rle_syntax_problem
+    assert _rle_syntax_problem([b'1', b'2']) is None
+    assert _rle_syntax_problem([b'0', b'P']) == (1, 'ends in the middle of a number (truncated)')
+    assert _rle_syntax_problem([b'0', b'ooooooo1']) == (1, 'holds a number longer than 6 characters')

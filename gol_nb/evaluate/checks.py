@@ -127,8 +127,8 @@ def _rle_syntax_problem(counts: list, # compressed RLE strings (bytes)
     if (v > 63).any(): return owner_of(np.flatnonzero(v > 63)), "has characters outside '0'..'o'"
     more, last = (v & 32) != 0, off[1:][lens > 0] - 1
     probs = [(owner_of(last[more[last]]), "ends in the middle of a number (truncated)")] if more[last].any() else []
-    six = more[:len(more) - 5].copy()
-    for k in range(1, 6): six &= more[k:len(more) - 5 + k]
+    six = more[:max(len(more) - 5, 0)].copy()  # six characters in a row that each say 'more follows'
+    for k in range(1, 6): six &= more[k:k + len(six)]
     if six.any(): probs.append((owner_of(np.flatnonzero(six)), "holds a number longer than 6 characters"))
     return min(probs) if probs else None
 
