@@ -431,7 +431,7 @@ def test_gumbel_losses_save_no_more_than_bce():
     labels = torch.where(torch.rand(256) < .3, torch.randint(0, 40, (256,)), 40)
     onehot = F.one_hot(labels, 41)[:, :40].float()
     bce = _saved_bytes(lambda: F.binary_cross_entropy_with_logits(q, onehot, reduction='sum'))
-    counts = torch.randint(1, 500, (40,))
+    counts = torch.cat([torch.arange(1, 11), torch.randint(11, 500, (30,))])  # 10 rare classes: GOL's mask is used
     for loss in (GumbelBCE(40), GOL(40, counts, 1000, 'rare', generator=torch.Generator().manual_seed(0)),
                  L.GumbelFocalLoss(40), EQL(40, counts, 1000, 'rare', activation='gumbel')):
         for y in (labels, onehot):
