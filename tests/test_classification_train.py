@@ -97,7 +97,7 @@ def test_config_errors_and_presets(tmp_path):
     assert get_preset('cifar100_lt_r32').milestones == [200, 220]  # presets are copied
     cfg, n = parse_cls_args(['--config', 'imagenet_lt_r50', 'epochs=3', 'lr=0.5'])
     assert (cfg.epochs, cfg.lr, cfg.model, n) == (3, 0.5, 'resnet50', 1)
-    cfg, n = parse_cls_args(['--preset', 'imagenet_lt_r50', '--nproc', '2'])  # the older spelling still works
+    cfg, n = parse_cls_args(['--config', 'imagenet_lt_r50', '--nproc', '2'])
     assert (cfg.model, n) == ('resnet50', 2)
 
 

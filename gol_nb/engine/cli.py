@@ -49,7 +49,6 @@ def trainer_parser(prog: str,         # 'gol-train' or 'gol-train-cls'
     p.add_argument('--config', metavar='PRESET_OR_YAML',
                    help='a preset name (see --list-presets) or a YAML config file, e.g. a run folder\'s config.yaml '
                         '(default: the defaults listed below)')
-    p.add_argument('--preset', dest='config', help=argparse.SUPPRESS)  # the older spelling of --config NAME
     p.add_argument('--nproc', type=int, default=1, metavar='N',
                    help='processes; N > 1 launches torchrun, one process a GPU (CPU processes: add device=cpu)')
     p.add_argument('--gpus', type=int, default=None, metavar='N',
