@@ -5,6 +5,7 @@
 # %% ../nbs/04e_studies.ipynb #c3517f22
 from __future__ import annotations
 import contextlib, fcntl, json, os, resource, tempfile, time, traceback, warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 import yaml
 from .data.synthetic import make_mini_lvis
 from .data.source import project_root, data_root, DataSource, DATA_KEYS, resolve_data
-from .engine import atomic_write_text, run_status, resume_changes, ConfigMismatchError, require_devices
+from .engine import atomic_write_text, run_status, finished_run, require_devices
 from .detection.presets import get_config, PRESET_INFO, STUDIES, study_presets
 from .detection.train import run_training
 from .evidence import Matching, match_detections, compare_rows, verdict, SEED_MODES
@@ -164,16 +165,6 @@ def _study_lock(out: Path, log):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-# %% ../nbs/04e_studies.ipynb #7792aeca
-def _check_finished(run_dir: Path, name: str, overrides: list) -> None:
-    "A finished run is reused only if it ran the config asked for now (bookkeeping keys aside)."
-    saved = run_dir / 'config.yaml'
-    if not saved.exists(): return
-    try: resume_changes(yaml.safe_load(saved.read_text()), get_config(name, overrides))
-    except ConfigMismatchError as e:
-        raise ConfigMismatchError(f"{run_dir} holds a finished run of another config: {e} Move the folder aside "
-                                  "or choose another output_dir.") from None
-
 # %% ../nbs/04e_studies.ipynb #480508a9
 def _cpu_seconds() -> float:
     "CPU time of this process and its finished children (torchrun runs), user + system."
@@ -188,8 +179,8 @@ def _new_record(study: str, name: str, info, seed: int, run_dir: Path) -> dict:
 def _skip_or_train(name, info, seed, run_dir: Path, state: str, ov: list, gpus: int, log, train_fn) -> tuple:
     "(metrics, status) of one run: read back if it finished before (same config), else trained or resumed."
     if state == 'finished':
-        if info.engine != 'mmdet': _check_finished(run_dir, name, ov)
-        metrics = json.loads((run_dir / 'metrics.json').read_text())
+        metrics = (json.loads((run_dir / 'metrics.json').read_text()) if info.engine == 'mmdet' else
+                   finished_run(replace(get_config(name, ov), output_dir=str(run_dir))))  # only if it ran that config
         log(f"{name} seed {seed}: finished before, skipped")
         return metrics, 'skipped'
     log(f"{name} seed {seed}: {'resuming' if state == 'interrupted' else 'training'} in {run_dir}")

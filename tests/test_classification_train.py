@@ -258,18 +258,21 @@ def test_check_config_refuses_a_float_for_an_int_field_and_if_below_1(tmp_path):
 
 
 def test_finished_results_only_for_the_config_it_ran(tmp_path):
+    from gol_nb.engine import finished_run
     "A finished run is reused by notebook 07 only if it ran the config asked for (bookkeeping keys aside)."
     cfg = _tiny_cfg(tmp_path, epochs=1, max_iters=2, imb_factor=10)
-    assert T.finished_results(cfg) is None  # nothing there yet
+    assert finished_run(cfg, 'results.json') is None  # nothing there yet
     r = train(cfg)
-    again = T.finished_results(replace(cfg, resume=True, num_workers=1, data_root='elsewhere', device='cpu'))
+    again = finished_run(replace(cfg, resume=True, num_workers=1, data_root='elsewhere', device='cpu'),
+                         'results.json')
     assert again['final']['top1'] == r['final']['top1']
     with pytest.raises(ConfigMismatchError, match=r'holds a finished run with other settings \(epochs 1 -> 2\)'):
-        T.finished_results(replace(cfg, epochs=2))
+        finished_run(replace(cfg, epochs=2), 'results.json')
     with pytest.raises(ConfigMismatchError, match=r"loss 'softmax' -> 'gumbel', max_iters 2 -> 3\)"):
-        T.finished_results(replace(cfg, loss='gumbel', max_iters=3))
+        finished_run(replace(cfg, loss='gumbel', max_iters=3), 'results.json')
     (tmp_path / 'run' / 'config.yaml').write_text('[unclosed')
-    with pytest.raises(ConfigMismatchError, match='holds results but no readable config.yaml'): T.finished_results(cfg)
+    with pytest.raises(ConfigMismatchError, match='holds results but no readable config.yaml'):
+        finished_run(cfg, 'results.json')
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,6 +22,8 @@ def data_root(tmp_path, monkeypatch):
 FAKE = '''
 import json, os, sys, time
 from pathlib import Path
+from gol_nb.engine import save_config
+from gol_nb.detection.presets import get_config
 def train_fn(name, info, overrides, gpus):
     kv = dict(o.split('=', 1) for o in overrides)
     d = Path(kv['output_dir']); d.mkdir(parents=True, exist_ok=True)
@@ -31,6 +33,7 @@ def train_fn(name, info, overrides, gpus):
         time.sleep(120)  # killed here
     if name == os.environ.get('FAIL_AT'): raise RuntimeError(f'{name} diverged')
     m = {k: 0.1 + 0.01 * int(kv['seed']) for k in ('AP', 'APr', 'APc', 'APf', 'APb')}
+    save_config(get_config(name, overrides), d / 'config.yaml')  # as the trainer writes it, before training
     (d / 'metrics.json').write_text(json.dumps(m))
     return m
 '''

@@ -19,16 +19,15 @@ from ..engine import (RunConfig, check_run_config, atomic_write_json, init_distr
                            seed_everything, JSONLLogger, apply_overrides, load_config, load_checkpoint,
                            config_to_dict, DistInfo, prepare_run, RunState, check_state_shapes, RunGuard,
                            RunInterrupted, restore_rng_state, checkpoint_step, train_or_launch, scaled_lr, schedule_lr,
-                           OneLineParser, trainer_parser, parse_trainer_args, run_trainer_cli, run_status,
-                           resume_changes, ConfigMismatchError)
+                           OneLineParser, trainer_parser, parse_trainer_args, run_trainer_cli)
 from .data import mnist_lt, cifar_lt, list_lt, build_transform, check_imb_factor
 from .models import build_model, reset_classifier, classifier_weight_norms, LTClassifier
 from .metrics import lt_accuracy, predict
 
 # %% auto #0
 __all__ = ['DATASETS', 'PRESETS', 'PRESET_INFO', 'ClsConfig', 'get_preset', 'get_config', 'check_config', 'build_datasets',
-           'make_loss', 'stage_lr', 'evaluate_model', 'StageStart', 'train_stage', 'ClsLoop', 'train',
-           'finished_results', 'check_run', 'launch', 'classification_parser', 'main']
+           'make_loss', 'stage_lr', 'evaluate_model', 'StageStart', 'train_stage', 'ClsLoop', 'train', 'check_run',
+           'launch', 'classification_parser', 'main']
 
 # %% ../../nbs/06c_classification.train.ipynb #1d018479
 DATASETS = ('mnist_lt', 'cifar10_lt', 'cifar100_lt', 'imagenet_lt', 'places_lt')
@@ -495,26 +494,6 @@ def _train(cfg: ClsConfig) -> dict:
         results['stage1'] = r.extra.get('stage1')
         if cfg.recipe == 'decoupled': _stage_two(r, guard)
     return _finish(r, results)
-
-# %% ../../nbs/06c_classification.train.ipynb #8d7f1e6d
-def finished_results(cfg: ClsConfig, # the run asked for, in cfg.output_dir
-                    ) -> dict | None:
-    "The results.json of the finished run in `cfg.output_dir` if it ran `cfg`; None if none finished there."
-    d = Path(cfg.output_dir)
-    if run_status(d) != 'finished' or not (d / 'results.json').is_file(): return None
-    try: saved = yaml.safe_load((d / 'config.yaml').read_text())
-    except (OSError, yaml.YAMLError): saved = None
-    if not isinstance(saved, dict):
-        raise ConfigMismatchError(f"{d} holds results but no readable config.yaml: cannot tell which settings they "
-                                  "come from. Choose another output_dir, or move that folder aside")
-    every = replace(cfg, accept_changes=['schedule'])  # resume_changes then returns the changes instead of refusing
-    every.LOCKED_KEYS = ()  # and lists the model-defining keys among them: for a finished run every change counts
-    changed = resume_changes(saved, every)
-    if changed:
-        diff = ', '.join(f'{k} {o!r} -> {n!r}' for k, (o, n) in changed.items())
-        raise ConfigMismatchError(f"{d} holds a finished run with other settings ({diff}): its results are not those "
-                                  "asked for. Choose another output_dir, or move that folder aside to train it again")
-    return json.loads((d / 'results.json').read_text())
 
 # %% ../../nbs/06c_classification.train.ipynb #17eafd62
 def check_run(cfg: ClsConfig, # the run's config

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/04_engine.runs.ipynb #d1487262
 from __future__ import annotations
-import contextlib, fcntl, os, socket, sys, time
+import contextlib, dataclasses, fcntl, json, os, socket, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,8 @@ from .config import RunConfig, _plain, check_run_config, config_to_dict, save_co
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'LOCK_ENV', 'RunSetupError', 'RunFolderError', 'ConfigMismatchError', 'run_contents', 'run_status',
-           'resume_changes', 'RunState', 'lock_run_folder', 'unlock_run_folder', 'prepare_run', 'check_state_shapes']
+           'resume_changes', 'finished_run', 'RunState', 'lock_run_folder', 'unlock_run_folder', 'prepare_run',
+           'check_state_shapes']
 
 # %% ../../nbs/04_engine.runs.ipynb #38795dbc
 class RunSetupError(RuntimeError):
@@ -78,6 +79,27 @@ def resume_changes(saved: dict,             # the checkpoint's config (config_to
         raise ConfigMismatchError("the config differs from the checkpoint's: " + '; '.join(parts)
                                   + '. Nothing was written.')
     return schedule
+
+# %% ../../nbs/04_engine.runs.ipynb #a596a080
+def finished_run(cfg: RunConfig,              # the run asked for, in cfg.output_dir
+                 results: str = 'metrics.json', # the results file a finished run leaves
+                ) -> dict | None:
+    "The results of the finished run in `cfg.output_dir` if it ran `cfg`; None if no run finished there."
+    d = Path(cfg.output_dir)
+    if run_status(d) != 'finished' or not (d / results).is_file(): return None
+    try: saved = yaml.safe_load((d / 'config.yaml').read_text())
+    except (OSError, yaml.YAMLError): saved = None
+    if not isinstance(saved, dict):
+        raise ConfigMismatchError(f"{d} holds results but no readable config.yaml: cannot tell which settings they "
+                                  "come from. Choose another output_dir, or move that folder aside")
+    every = dataclasses.replace(cfg, accept_changes=['schedule'])  # resume_changes returns changes, not refuses
+    every.LOCKED_KEYS = ()  # and returns the model-defining ones too: for a finished run every change counts
+    changed = resume_changes(saved, every)
+    if changed:
+        diff = ', '.join(f'{k} {o!r} -> {n!r}' for k, (o, n) in changed.items())
+        raise ConfigMismatchError(f"{d} holds a finished run with other settings ({diff}), a finished run of another "
+                                  "config. Choose another output_dir, or move that folder aside to train it again")
+    return json.loads((d / results).read_text())
 
 # %% ../../nbs/04_engine.runs.ipynb #884082d1
 @dataclass
