@@ -15,7 +15,8 @@ except ImportError as e:
     from .engine import MMDET_MISSING
     raise ImportError(f"{__name__}: {MMDET_MISSING} ({e})", name=e.name) from None
 from mmengine.config import Config
-from .engine import RunConfig, check_run_config, apply_overrides, load_config, scaled_lr, atomic_write_json
+from .engine import (RunConfig, check_run_config, apply_overrides, load_config, scaled_lr, atomic_write_json,
+                           fetch_weights)
 from .data import load_lvis, DataSource
 from .data.source import DATA_KEYS
 from .losses import LOSSES
@@ -403,18 +404,6 @@ def backbone_weights(model_cfg: dict # a config's `model` (its backbone's init_c
     from mmengine.runner.checkpoint import get_torchvision_models
     name = ckpt.removeprefix('torchvision://')
     url = get_torchvision_models()[name]
-    cached = Path(torch.hub.get_dir()) / 'checkpoints' / os.path.basename(url)
-    if not cached.is_file():
-        import socket
-        old = socket.getdefaulttimeout()
-        try:
-            socket.setdefaulttimeout(20)
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(cached), progress=False)
-        except Exception as e:
-            raise RuntimeError(f"the config's backbone weights {ckpt} could not be had ({type(e).__name__}: {e}). "
-                               f"Offline? Download {url} to {cached}, or set pretrained to a checkpoint file, or "
-                               "pretrained=none to train from random initialisation.") from e
-        finally: socket.setdefaulttimeout(old)
+    cached = fetch_weights(url, f"the config's backbone weights {ckpt}")
     init['checkpoint'] = str(cached)
     return f'{ckpt} ({cached})'

@@ -4,13 +4,14 @@
 
 # %% ../../nbs/06a_classification.models.ipynb #61216744
 from __future__ import annotations
-import math, os, socket
+import math, os
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from ..losses import prior_bias
+from ..engine import fetch_weights
 
 # %% auto #0
 __all__ = ['MODEL_NAMES', 'NO_WEIGHTS', 'LTClassifier', 'CifarResNet', 'resnet32', 'SEBottleneck', 'TorchvisionResNet',
@@ -111,13 +112,12 @@ _TV = {'resnet50': torchvision.models.resnet50, 'resnet152': torchvision.models.
 MODEL_NAMES = ('resnet32', 'small_cnn', 'resnet50', 'se_resnet50', 'resnet152')
 NO_WEIGHTS = ('', 'none')  # values of `pretrained` that ask for random initialisation
 
-def _fetch_state_dict(weights) -> dict:
-    "Download (or read from torch's cache, ~/.cache/torch/hub/checkpoints) a torchvision weights enum's state dict."
-    old = socket.getdefaulttimeout()
-    try:
-        socket.setdefaulttimeout(20)
-        return weights.get_state_dict(progress=False)
-    finally: socket.setdefaulttimeout(old)
+def _fetch_state_dict(weights,    # a torchvision weights enum member
+                      what: str,    # what they are, for the offline error
+                      setting: str, # the setting that asked for them, likewise
+                     ) -> dict:
+    "A torchvision weights enum's state dict, from torch's hub cache (downloaded there once: `engine.fetch_weights`)."
+    return torch.load(fetch_weights(weights.url, what, setting), map_location='cpu', weights_only=True)
 
 def _torchvision_weights(name: str, pretrained: str):
     "The torchvision weights enum member called `pretrained` for model `name`, or an error listing the valid names."
@@ -155,12 +155,7 @@ def build_model(name: str, # one of MODEL_NAMES
         model.backbone_weights = str(Path(p).resolve())
     else:
         w = _torchvision_weights(name, p)
-        try: sd = _fetch_state_dict(w)
-        except Exception as e:
-            raise RuntimeError(f"pretrained={p!r}: could not fetch torchvision's {name} {w.name} weights "
-                               f"({type(e).__name__}: {e}). Offline? Fetch them once with internet (torch caches "
-                               "them), or set pretrained to a local checkpoint file, or to 'none' to train from "
-                               "random initialisation.") from e
+        sd = _fetch_state_dict(w, f"torchvision's {name}.{w.name} weights", f"pretrained={p!r}")
         model.body.load_state_dict({k: v for k, v in _torchvision_to_body(sd).items() if not k.startswith('fc.')})
         model.backbone_weights = f'torchvision:{name}.{w.name}'
     return model

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/04a_detection.model.ipynb #44fb81b3
 from __future__ import annotations
-import os, socket, warnings
+import os, warnings
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
@@ -25,7 +25,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from ..losses import build_loss, init_classifier, resolve_lambda, ClassStatsLoss, CLASS_STATS_LOSSES, \
     GUMBEL_LOSSES, OFFICIAL_LOSSES
 from .config import BACKBONES, NORM_MODES
-from ..engine import RunSetupError
+from ..engine import RunSetupError, fetch_weights
 
 # %% auto #0
 __all__ = ['NORM_LAYERS', 'NO_WEIGHTS', 'to_loss_labels', 'LossBoxPredictor', 'CosineMaskPredictor', 'MMDetRoIAlign',
@@ -290,18 +290,8 @@ def _load_backbone_weights(body: nn.Module, name: str, pretrained: str) -> str:
     except KeyError:
         raise ValueError(f"pretrained={pretrained!r}: not a file nor a weights name of {name} ({names + ['DEFAULT']}); "
                          "'none' trains from random initialisation") from None
-    cached = Path(torch.hub.get_dir()) / 'checkpoints' / os.path.basename(weights.url)
-    old = socket.getdefaulttimeout()
-    try:
-        socket.setdefaulttimeout(20)
-        sd = weights.get_state_dict(progress=False)
-    except Exception as e:  # one sentence, not the download's own traceback chained to ours
-        why = ' '.join(f"{type(e).__name__}: {e}".split())
-        raise RunSetupError(
-            f"pretrained={pretrained!r}: could not get torchvision's {name}.{weights.name} weights ({why}). Offline? "
-            f"Download {weights.url} to {cached} (torchvision reads it from there), or set pretrained to a checkpoint "
-            "file, or pretrained=none to train from random initialisation.") from None
-    finally: socket.setdefaulttimeout(old)
+    path = fetch_weights(weights.url, f"torchvision's {name}.{weights.name} weights", f"pretrained={pretrained!r}")
+    sd = torch.load(path, map_location='cpu', weights_only=True)
     body.load_state_dict({k: v for k, v in sd.items() if not k.startswith('fc.')}, strict=False)
     return f'torchvision:{name}.{weights.name}'
 

@@ -4,11 +4,12 @@ One concept a module (nbs/04_engine.ipynb maps them); every public name is re-ex
 `from gol_nb.engine import prepare_run`. Written by hand: no notebook exports this file.
 """
 # absolute imports: tools/code_shape.py would read `from .x` in this __init__ as gol_nb.x
-from gol_nb.engine import files, config, checkpoints, runs, schedule, distributed, logs, guard, launch, cli
+from gol_nb.engine import files, config, checkpoints, runs, weights, schedule, distributed, logs, guard, launch, cli
 from gol_nb.engine.files import *
 from gol_nb.engine.config import *
 from gol_nb.engine.checkpoints import *
 from gol_nb.engine.runs import *
+from gol_nb.engine.weights import *
 from gol_nb.engine.schedule import *
 from gol_nb.engine.distributed import *
 from gol_nb.engine.logs import *
@@ -16,5 +17,5 @@ from gol_nb.engine.guard import *
 from gol_nb.engine.launch import *
 from gol_nb.engine.cli import *
 
-__all__ = [n for m in (files, config, checkpoints, runs, schedule, distributed, logs, guard, launch, cli)
+__all__ = [n for m in (files, config, checkpoints, runs, weights, schedule, distributed, logs, guard, launch, cli)
            for n in m.__all__]
