@@ -54,12 +54,26 @@ def gumbel_focal_loss(q: torch.Tensor,                # logits (N, C)
     return _PointwiseLoss.apply(q, y, weight, kernel, sum_classes)
 
 # %% ../../nbs/01f_losses.focal.ipynb #a4a238a0
-def _check_focal(alpha, gamma, prior_prob):
-    if not 0 <= alpha <= 1: raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
-    if not gamma >= 0: raise ValueError(f"gamma: expected a number >= 0, got {gamma!r}")
-    if not 0 < prior_prob < 1: raise ValueError(f"prior_prob: expected a probability in (0, 1), got {prior_prob!r}")
+class _FocalLoss(ClassificationLoss):
+    "What both focal losses share: C channels, alpha/gamma checked, every class starting at `prior_prob`."
+    def __init__(self, num_classes: int,           # C, foreground classes
+                 alpha: float = .25,               # weight of positive elements (negatives: 1 - alpha)
+                 gamma: float = 2.,                # focusing exponent
+                 prior_prob: float = .01,          # every class starts at this probability (`classifier_init`)
+                 **kwargs):                        # reduction, loss_weight, background_label (ClassificationLoss)
+        "A focal loss over C channels; integer labels use C as background, -1 as ignore."
+        if kwargs.pop('background_channel', False):
+            raise ValueError(f"{type(self).__name__}: background_channel=True is not supported: it trains C channels")
+        super().__init__(num_classes, **kwargs)
+        if not 0 <= alpha <= 1: raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+        if not gamma >= 0: raise ValueError(f"gamma: expected a number >= 0, got {gamma!r}")
+        if not 0 < prior_prob < 1: raise ValueError(f"prior_prob: expected a probability in (0, 1), got {prior_prob!r}")
+        self.alpha, self.gamma, self.prior_prob = float(alpha), float(gamma), float(prior_prob)
 
-class GumbelFocalLoss(ClassificationLoss):
+    @property
+    def classifier_init(self): return _normal_init(0.01, prior_bias(self.activation, self.prior_prob))
+
+class GumbelFocalLoss(_FocalLoss):
     """Focal loss (RetinaNet's) with Gumbel probabilities G = exp(-exp(-x)) in place of the Sigmoid: dense detection.
 
     FL = -alpha y (1-G)^gamma log G - (1-alpha) (1-y) G^gamma log(1-G), computed as log G = -exp(-x) and
@@ -74,15 +88,8 @@ class GumbelFocalLoss(ClassificationLoss):
                  z_min: float = -4.,               # logits below count as z_min (bounded positive gradient)
                  **kwargs):                        # reduction, loss_weight, background_label (ClassificationLoss)
         "Gumbel focal loss over C channels; integer labels use C as background, -1 as ignore."
-        if kwargs.pop('background_channel', False):
-            raise ValueError(f"{type(self).__name__}: background_channel=True is not supported: it trains C channels")
-        super().__init__(num_classes, **kwargs)
-        _check_focal(alpha, gamma, prior_prob)
-        self.alpha, self.gamma, self.prior_prob = float(alpha), float(gamma), float(prior_prob)
+        super().__init__(num_classes, alpha, gamma, prior_prob, **kwargs)
         self.clamp, self.z_min = None if clamp is None else tuple(clamp), float(z_min)
-
-    @property
-    def classifier_init(self): return _normal_init(0.01, prior_bias('gumbel', self.prior_prob))
 
     def scores(self, logits): return gumbel(logits)
 
@@ -93,23 +100,10 @@ class GumbelFocalLoss(ClassificationLoss):
     def elementwise(self, logits, labels, targets): return self._loss(logits, labels, targets)
     def row_losses(self, logits, labels, targets, weight): return self._loss(logits, labels, targets, weight, True)
 
-class SigmoidFocalLoss(ClassificationLoss):
+class SigmoidFocalLoss(_FocalLoss):
     """Sigmoid focal loss (Lin et al., RetinaNet) as torchvision's `sigmoid_focal_loss` computes it, C channels:
     -alpha_t (1 - p_t)^gamma log p_t with p = sigmoid(x); the reference for `GumbelFocalLoss`."""
-    def __init__(self, num_classes: int,           # C, foreground classes
-                 alpha: float = .25,               # weight of positive elements (negatives: 1 - alpha)
-                 gamma: float = 2.,                # focusing exponent
-                 prior_prob: float = .01,          # every class starts at this probability (`classifier_init`)
-                 **kwargs):                        # reduction, loss_weight, background_label (ClassificationLoss)
-        "Sigmoid focal loss over C channels; integer labels use C as background, -1 as ignore."
-        if kwargs.pop('background_channel', False):
-            raise ValueError(f"{type(self).__name__}: background_channel=True is not supported: it trains C channels")
-        super().__init__(num_classes, **kwargs)
-        _check_focal(alpha, gamma, prior_prob)
-        self.alpha, self.gamma, self.prior_prob = float(alpha), float(gamma), float(prior_prob)
-
-    @property
-    def classifier_init(self): return _normal_init(0.01, prior_bias('sigmoid', self.prior_prob))
+    activation = 'sigmoid'
 
     def elementwise(self, logits, labels, targets):
         t = targets if targets is not None else _one_hot(labels, self.num_classes, logits.dtype)
