@@ -11,7 +11,7 @@ from .checkpoints import NonFiniteError
 from .config import _plain, field_docs
 from .distributed import require_devices
 from .guard import RunInterrupted
-from .launch import RankFailedError
+from .launch import Launch, RankFailedError
 from .runs import RunSetupError
 
 # %% auto #0
@@ -39,6 +39,18 @@ def config_help(cls: type # a dataclass config
     return 'config keys (key=default: meaning):\n' + '\n'.join(fmt(k, d) for k, d in rows)
 
 # %% ../../nbs/04_engine.cli.ipynb #a1f63b7c
+def _add_node_flags(p: argparse.ArgumentParser # the trainer's parser
+                   ) -> None:
+    "--nnodes, --node-rank, --master-addr, --master-port: a run over several machines (torchrun's rendezvous)."
+    g = p.add_argument_group('several machines', 'each runs this same command with its own --node-rank; the run folder '
+                             'must lie on a file system all of them share (only node 0 writes it)')
+    g.add_argument('--nnodes', type=int, default=1, metavar='N', help='machines taking part (default: 1, this one)')
+    g.add_argument('--node-rank', type=int, default=0, metavar='K',
+                   help="this machine's place, 0..N-1; node 0 hosts the rendezvous and writes the run folder")
+    g.add_argument('--master-addr', metavar='HOST', help="node 0's address as every node reaches it (--nnodes > 1)")
+    g.add_argument('--master-port', type=int, metavar='PORT', help='a free TCP port on node 0 (--nnodes > 1)')
+
+# %% ../../nbs/04_engine.cli.ipynb #3b709bd9
 def trainer_parser(prog: str,         # 'gol-train' or 'gol-train-cls'
                    description: str,  # one line
                    cls: type,         # the config dataclass
@@ -50,9 +62,11 @@ def trainer_parser(prog: str,         # 'gol-train' or 'gol-train-cls'
                    help='a preset name (see --list-presets) or a YAML config file, e.g. a run folder\'s config.yaml '
                         '(default: the defaults listed below)')
     p.add_argument('--nproc', type=int, default=1, metavar='N',
-                   help='processes; N > 1 launches torchrun, one process a GPU (CPU processes: add device=cpu)')
+                   help='processes (on each node); N > 1 launches torchrun, one process a GPU (CPU processes: add '
+                        'device=cpu)')
     p.add_argument('--gpus', type=int, default=None, metavar='N',
-                   help='train on N GPUs (like --nproc N, but fails at once unless N GPUs are visible)')
+                   help='train on N GPUs (on each node; like --nproc N, but fails at once unless N GPUs are visible)')
+    _add_node_flags(p)
     p.add_argument('--list-presets', action='store_true', help='list the presets, one line each, and exit')
     p.add_argument('--debug', action='store_true', help='on an error, show the traceback (default: one line)')
     p.add_argument('overrides', nargs='*', metavar='key=value',
@@ -73,13 +87,15 @@ def parse_trainer_args(p: OneLineParser,  # from `trainer_parser`
         if a.nproc not in (1, a.gpus): p.error('give --nproc N or --gpus N, not both')
         a.nproc = a.gpus
     if a.nproc < 1: p.error(f'--nproc: expected >= 1, got {a.nproc}')
+    try: a.launch = Launch(a.nproc, a.nnodes, a.node_rank, a.master_addr, a.master_port)
+    except ValueError as e: p.error(e)
     try: cfg = build(a.config, list(a.overrides))
     except (ValueError, TypeError, KeyError, OSError) as e:
         if a.debug: raise
         p.error(e)
     return cfg, a
 
-# %% ../../nbs/04_engine.cli.ipynb #3b709bd9
+# %% ../../nbs/04_engine.cli.ipynb #5b26cec9
 def _one_line(e: BaseException) -> str:
     "An error as one line: a failed rank's summary, else the message with its line breaks folded."
     text = getattr(e, 'summary', None) or ' '.join(str(e).split())
@@ -87,19 +103,21 @@ def _one_line(e: BaseException) -> str:
         else f"{type(e).__name__}: {text}"
 
 def run_trainer_cli(p: OneLineParser, a: argparse.Namespace, cfg: Any,
-                    preflight: Callable[[Any, int], Any], # checks run in the launching process (raise = user error)
-                    run: Callable[[Any, int], Any],       # trains: (cfg, nproc) -> result
+                    preflight: Callable[[Any, int], Any], # (cfg, world_size): checks before any rank (raise = user error)
+                    run: Callable[[Any, Launch], Any],    # trains: (cfg, launch) -> result
                    ) -> Any:
     "Device and pre-launch checks (one-line errors), then train; any error is one line (`--debug`: the traceback)."
-    debug = getattr(a, 'debug', False)
+    debug, launch = getattr(a, 'debug', False), getattr(a, 'launch', None) or Launch(a.nproc)
     if 'LOCAL_RANK' not in os.environ:  # the launching process (ranks under torchrun skip what it checked)
         try:
-            require_devices(a.nproc, cfg.device, gpus=a.gpus is not None)
-            preflight(cfg, a.nproc)
+            require_devices(launch.nproc, cfg.device, gpus=a.gpus is not None)
+            if launch.main_node: preflight(cfg, launch.world_size)
+            else: print(f"{p.prog}: node {launch.node_rank} of {launch.nnodes}: node 0 checks the config, the data and "
+                        f"the run folder", file=sys.stderr, flush=True)
         except (RunSetupError, ValueError, OSError) as e:  # unreadable files too: nothing has started
             if debug: raise
             p.error(e)
-    try: return run(cfg, a.nproc)
+    try: return run(cfg, launch)
     except RunInterrupted as e: print(f"{p.prog}: {e}", file=sys.stderr, flush=True); sys.exit(e.exit_code)
     except Exception as e:
         if debug or 'LOCAL_RANK' in os.environ: raise  # a rank's traceback goes to its log, for the launcher to quote

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import contextlib, json, os, re, select, signal, subprocess, sys, tempfile, threading, time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 from .checkpoints import latest_checkpoint
@@ -15,7 +16,57 @@ from .guard import RunInterrupted
 from .runs import LOCK_ENV, _RUN_LOCKS, lock_run_folder, unlock_run_folder
 
 # %% auto #0
-__all__ = ['RankFailedError', 'launch_torchrun', 'launch_run', 'train_or_launch']
+__all__ = ['Launch', 'RankFailedError', 'launch_torchrun', 'launch_run', 'train_or_launch']
+
+# %% ../../nbs/04_engine.launch.ipynb #9782a789
+@dataclass(frozen=True)
+class Launch:
+    "Where a run's processes start: `nproc` on each of `nnodes` machines; this launcher's is node `node_rank`."
+    nproc: int = 1                  # processes on this node (GPUs; CPU processes with device=cpu)
+    nnodes: int = 1                 # machines taking part, each running the same command with its own node_rank
+    node_rank: int = 0              # this machine's place, 0 .. nnodes-1 (node 0 hosts the rendezvous, writes the run)
+    master_addr: str | None = None  # node 0's address as every node reaches it (nnodes > 1)
+    master_port: int | None = None  # a free TCP port on node 0 for the rendezvous (nnodes > 1)
+
+    def __post_init__(self):
+        for flag, v in (('--nproc', self.nproc), ('--nnodes', self.nnodes)):
+            if v < 1: raise ValueError(f"{flag}: expected >= 1, got {v}")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"--node-rank {self.node_rank} is outside 0..{self.nnodes - 1} (--nnodes {self.nnodes}): "
+                             "nodes are numbered from 0, node 0 hosting the rendezvous")
+        named = {'--master-addr': self.master_addr or None, '--master-port': self.master_port}
+        given, missing = [f for f, v in named.items() if v is not None], [f for f, v in named.items() if v is None]
+        if self.nnodes == 1 and given:
+            raise ValueError(f"{' and '.join(given)} given with --nnodes 1: one node finds a free port itself "
+                             "(for a run over N machines add --nnodes N --node-rank K)")
+        if self.nnodes > 1 and missing:
+            raise ValueError(f"--nnodes {self.nnodes} needs {' and '.join(missing)}: node 0's address as every node "
+                             "reaches it, and a free TCP port there")
+        if self.master_port is not None and not 0 < self.master_port < 65536:
+            raise ValueError(f"--master-port: expected a TCP port in 1..65535, got {self.master_port}")
+
+    @classmethod
+    def of(cls, launch: int | Launch # a Launch, or a number of processes on this machine alone
+          ) -> Launch:
+        return launch if isinstance(launch, Launch) else cls(int(launch))
+    @property
+    def world_size(self) -> int: return self.nproc * self.nnodes
+    @property
+    def ranks(self) -> range: return range(self.node_rank * self.nproc, (self.node_rank + 1) * self.nproc)
+    @property
+    def main_node(self) -> bool: return self.node_rank == 0  # node 0 checks and writes the run folder
+
+    def torchrun_args(self) -> list[str]:
+        "torchrun's options: `--standalone` on one node; the node's rank and node 0's address on several."
+        if self.nnodes == 1: return ['--standalone', f'--nproc_per_node={self.nproc}']
+        return [f'--nnodes={self.nnodes}', f'--node_rank={self.node_rank}', f'--master_addr={self.master_addr}',
+                f'--master_port={self.master_port}', f'--nproc_per_node={self.nproc}']
+
+    def describe(self) -> str:
+        "'4 processes', or '4 processes on 2 nodes, node 1: ranks 2-3'."
+        if self.nnodes == 1: return f'{self.nproc} processes'
+        return (f'{self.world_size} processes on {self.nnodes} nodes, node {self.node_rank}: '
+                f'rank{"s" if self.nproc > 1 else ""} {self.ranks[0]}{f"-{self.ranks[-1]}" if self.nproc > 1 else ""}')
 
 # %% ../../nbs/04_engine.launch.ipynb #782a21a3
 class RankFailedError(RuntimeError):
@@ -50,9 +101,10 @@ def _read_bytes(path: Path, offset: int) -> bytes:
 
 def _read_from(path: Path, offset: int) -> str: return _read_bytes(path, offset).decode('utf-8', errors='replace')
 
-def _heartbeats(logs: Path, nproc: int) -> dict:
+def _heartbeats(logs: Path, ranks: Iterable[int]) -> dict:
+    "{rank: heartbeat} of `ranks` (this node's only: a pid means something on its own machine alone)."
     beats = {}
-    for r in range(nproc):
+    for r in ranks:
         try: beats[r] = json.loads((logs/f'rank{r}.heartbeat.json').read_text())
         except (OSError, ValueError): pass
     return beats
@@ -81,24 +133,25 @@ class _Lines:
 def _open_rank_logs(logs: Path,      # the folder of the rank logs
                     module: str,     # what runs, for the header line
                     args: list[str], # its arguments
-                    nproc: int,      # processes
-                   ) -> tuple[list[Path], list[int]]:
-    "(paths, offsets): each rank's log, headed by a line for this launch, and where this launch's output starts."
+                    launch: Launch,  # this node's ranks
+                   ) -> tuple[dict[int, Path], dict[int, int]]:
+    "({rank: log}, {rank: offset}) of this node's ranks: where this launch's output starts; node 0 heads each log."
     stamp = time.strftime('%Y-%m-%d %H:%M:%S')
-    paths, offsets = [logs/f'rank{r}.log' for r in range(nproc)], []
-    for p in paths:
-        with open(p, 'a') as f: f.write(f"===== {stamp}: {module} {' '.join(args)} ({nproc} processes) =====\n")
-        offsets.append(p.stat().st_size)
-    for p in logs.glob('rank*.heartbeat.json'): p.unlink(missing_ok=True)  # an earlier launch's
+    paths, offsets = {r: logs/f'rank{r}.log' for r in launch.ranks}, {}
+    for r, p in paths.items():
+        if launch.main_node:  # another node writes nothing before its ranks start: node 0 checks the folder first
+            with open(p, 'a') as f: f.write(f"===== {stamp}: {module} {' '.join(args)} ({launch.describe()}) =====\n")
+        offsets[r] = p.stat().st_size if p.exists() else 0
+    for r in launch.ranks: (logs/f'rank{r}.heartbeat.json').unlink(missing_ok=True)  # an earlier launch's
     return paths, offsets
 
-def _start_torchrun(module: str, args: list[str], nproc: int, # what to run, on how many processes
+def _start_torchrun(module: str, args: list[str], # what to run
+                    launch: Launch,         # on how many processes, on which node
                     logs: Path,             # where the ranks log and beat
                     env: dict | None,       # extra environment variables
                    ) -> subprocess.Popen:
     "torchrun on `module`, in a session of its own (killed whole); stdout and stderr in one pipe."
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
-           '-m', module, *args]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', *launch.torchrun_args(), '-m', module, *args]
     full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'GOL_RANK_LOG_DIR': str(logs), 'GOL_HEARTBEAT_DIR': str(logs),
                 **(env or {})}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
@@ -115,28 +168,30 @@ def _sigterm_interrupts(received: list # each SIGTERM's number is appended here
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
 
-# %% ../../nbs/04_engine.launch.ipynb #46218fbc
+# %% ../../nbs/04_engine.launch.ipynb #ef6c0521
 def _kill(pid: int, sig: int) -> None:
     with contextlib.suppress(OSError): os.kill(pid, sig)
 
 class _Watch:
-    "The launcher's loop: torchrun's and rank 0's output streamed to `log`, heartbeats watched, interrupts passed on."
+    "The launcher's loop: torchrun's and its first rank's output streamed, its heartbeats watched, interrupts passed on."
     def __init__(self, proc: subprocess.Popen,       # torchrun
                  logs: Path,                  # the folder of the rank logs and heartbeats
-                 rank_logs: list[Path],       # each rank's log
-                 offset0: int,                # where this launch's output starts in rank 0's log
+                 rank_logs: dict[int, Path],  # each of this node's ranks' log
+                 offset0: int,                # where this launch's output starts in the first one's log
+                 world: int,                  # processes on every node
                  log: Callable[[str], None],  # receives each output line
                  tail: int,                   # lines of torchrun's own output kept
                  hang_timeout: float,         # seconds a training rank may make no progress
                  poll: float):                # seconds between polls
-        self.proc, self.logs, self.rank_logs, self.nproc, self.log = proc, logs, rank_logs, len(rank_logs), log
+        self.proc, self.logs, self.rank_logs, self.world, self.log = proc, logs, rank_logs, world, log
+        self.ranks, self.first = list(rank_logs), min(rank_logs)
         self.hang_timeout, self.poll, self.pos0, self.eof = hang_timeout, poll, offset0, False
         self.last, self.out, self.rank0 = deque(maxlen=tail), _Lines(log), _Lines(log)
         self.interrupted, self.hung, self.received = None, None, []
         self.next_watch = time.monotonic() + 1
 
     def pump(self) -> None:
-        "Read what torchrun printed (its last lines kept), or wait once its output closed; stream rank 0's new lines."
+        "Read what torchrun printed (its last lines kept), or wait once its output closed; stream the first rank's."
         if not self.eof:
             ready, _, _ = select.select([self.proc.stdout], [], [], self.poll)
             if ready:
@@ -144,14 +199,14 @@ class _Watch:
                 if chunk: self.last.extend(self.out.feed(chunk.decode('utf-8', errors='replace')))
                 else: self.eof = True
         else: time.sleep(self.poll)
-        new = _read_bytes(self.rank_logs[0], self.pos0)
+        new = _read_bytes(self.rank_logs[self.first], self.pos0)
         if new: self.pos0 += len(new); self.rank0.feed(new.decode('utf-8', errors='replace'))
 
     def stop_hung(self) -> bool:
         "Once a second: if training ranks made no progress for `hang_timeout` s, dump their stacks and stop the run."
         if self.interrupted is not None or time.monotonic() <= self.next_watch: return False
         self.next_watch = time.monotonic() + 1
-        beats = _heartbeats(self.logs, self.nproc)
+        beats = _heartbeats(self.logs, self.ranks)
         culprits = _hung_ranks(beats, self.hang_timeout)
         if not culprits: return False
         self.hung = (culprits, beats, {r: self.rank_logs[r].stat().st_size for r in culprits})
@@ -165,7 +220,7 @@ class _Watch:
     def interrupt(self) -> None:
         "Ctrl-C or SIGTERM: the first asks the ranks to checkpoint and stop (SIGTERM), the second kills them."
         if self.interrupted is not None:
-            for b in _heartbeats(self.logs, self.nproc).values(): _kill(b['pid'], signal.SIGKILL)
+            for b in _heartbeats(self.logs, self.ranks).values(): _kill(b['pid'], signal.SIGKILL)
             with contextlib.suppress(OSError): os.killpg(self.proc.pid, signal.SIGKILL)
             raise KeyboardInterrupt
         self.interrupted = self.received[-1] if self.received else signal.SIGINT
@@ -199,7 +254,7 @@ def _hang_error(module: str,   # what ran
             + "; the run was stopped (raise hang_timeout if such a step is legitimately slow)")
     return RankFailedError(head + '.\n' + '\n'.join(quoted), f"{head}; its stack: {watch.logs}/rank*.log")
 
-def _rank_error(module: str, nproc: int, rank: int, rcode: int, # the failed rank and its exit code
+def _rank_error(module: str, world: int, rank: int, rcode: int, # processes; the failed rank and its exit code
                 text: str, path: Path, logs: Path, tail: int,   # its output in this launch, its log, every log
                ) -> RankFailedError:
     "A failed rank's error: its last traceback (else its last lines and the signal that killed it), from its own log."
@@ -208,38 +263,38 @@ def _rank_error(module: str, nproc: int, rank: int, rcode: int, # the failed ran
         tb = ''.join(text.splitlines(True)[-tail:]).strip() or '(no output)'
         if rcode < 0:
             tb += f"\n(killed by signal {signal.Signals(-rcode).name}{': out of memory?' if rcode == -9 else ''})"
-    return RankFailedError(f"torchrun {module} ({nproc} processes) failed: rank {rank} exited with code {rcode}; "
+    return RankFailedError(f"torchrun {module} ({world} processes) failed: rank {rank} exited with code {rcode}; "
                            f"its traceback (from {path}):\n{tb}\nEvery rank's output: {logs}/rank*.log",
-                           f"rank {rank} of {nproc} failed: {_error_line(tb) or f'exit code {rcode}'} "
+                           f"rank {rank} of {world} failed: {_error_line(tb) or f'exit code {rcode}'} "
                            f"(its traceback: {path})")
 
 def _launch_error(module: str,              # what ran
                   code: int,                # torchrun's exit code
                   watch: _Watch,            # the finished loop: torchrun's last lines, the logs, an interrupt
-                  offsets: list[int],       # where this launch's output starts in each rank's log
+                  offsets: dict[int, int],  # where this launch's output starts in each of this node's rank logs
                   tail: int,                # lines quoted when a rank left no traceback
                   run_dir: str | Path | None, # the run folder (its newest checkpoint is named after a signal)
                  ) -> Exception:
     "Why torchrun exited with `code`: RunInterrupted after a signal, else the failing rank's own traceback."
-    out, nproc = ''.join(watch.last), watch.nproc
+    out, world = ''.join(watch.last), watch.world
     m = re.search(r'Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)', out, re.S)  # torchrun's summary
     rank, rcode = (int(m.group(1)), int(m.group(2))) if m else (None, code)
     if watch.interrupted is not None or rcode in (128 + signal.SIGTERM, 128 + signal.SIGINT):
         ck = latest_checkpoint(run_dir) if run_dir is not None else None
-        its = [b['iteration'] for b in _heartbeats(watch.logs, nproc).values()]
+        its = [b['iteration'] for b in _heartbeats(watch.logs, watch.rank_logs).values()]
         return RunInterrupted(watch.interrupted or rcode - 128, max(its) if its else None, ck)
-    texts = {r: _read_from(p, o) for r, (p, o) in enumerate(zip(watch.rank_logs, offsets))}
+    texts = {r: _read_from(p, offsets[r]) for r, p in watch.rank_logs.items()}
     if rank is None:  # no summary: the first rank with a traceback
         rank = next((r for r, t in texts.items() if _last_traceback(t)), None)
     if rank is None or rank not in texts:
-        return RankFailedError(f"torchrun {module} ({nproc} processes) failed with exit code {code}; "
+        return RankFailedError(f"torchrun {module} ({world} processes) failed with exit code {code}; "
                                f"last output:\n{out}")
-    return _rank_error(module, nproc, rank, rcode, texts[rank], watch.rank_logs[rank], watch.logs, tail)
+    return _rank_error(module, world, rank, rcode, texts[rank], watch.rank_logs[rank], watch.logs, tail)
 
 # %% ../../nbs/04_engine.launch.ipynb #e122d806
 def launch_torchrun(module: str,            # module with a `main`, run as `python -m module`
                     args: Iterable[str] = (), # its command-line arguments
-                    nproc: int = 2,          # processes (GPUs, or CPU workers with gloo)
+                    launch: int | Launch = 2, # processes (GPUs, or CPU workers with gloo), or a Launch over nodes
                     env: dict | None = None, # extra environment variables
                     log: Callable[[str], None] = lambda s: print(s, end='', flush=True), # receives each output line
                     tail: int = 40,          # lines of torchrun's own output quoted when no rank's can be
@@ -247,14 +302,16 @@ def launch_torchrun(module: str,            # module with a `main`, run as `pyth
                     hang_timeout: float = 600.0, # seconds a training rank may make no progress
                     poll: float = 0.2,       # seconds between output/heartbeat polls
                    ) -> None:
-    "Run `module` under torchrun with `nproc` processes, one log file a rank; raise quoting the failing rank."
-    if nproc < 1: raise ValueError(f"nproc: expected >= 1, got {nproc}")
-    args = [str(a) for a in args]
+    "Run `module` under torchrun on this node's processes, one log file a rank; raise quoting the failing rank."
+    launch, args = Launch.of(launch), [str(a) for a in args]
     logs = Path(run_dir)/'logs' if run_dir is not None else Path(tempfile.mkdtemp(prefix='gol_torchrun_'))
     logs.mkdir(parents=True, exist_ok=True)
-    rank_logs, offsets = _open_rank_logs(logs, module, args, nproc)
-    proc = _start_torchrun(module, args, nproc, logs, env)
-    watch = _Watch(proc, logs, rank_logs, offsets[0], log, tail, hang_timeout, poll)
+    rank_logs, offsets = _open_rank_logs(logs, module, args, launch)
+    if not launch.main_node:
+        log(f"node {launch.node_rank} of {launch.nnodes} ({launch.describe()}): joining node 0 at "
+            f"{launch.master_addr}:{launch.master_port}; node 0 writes the run folder, this node only its ranks' logs\n")
+    proc = _start_torchrun(module, args, launch, logs, env)
+    watch = _Watch(proc, logs, rank_logs, offsets[launch.ranks[0]], launch.world_size, log, tail, hang_timeout, poll)
     try:
         with _sigterm_interrupts(watch.received): code = watch.run()
     finally:
@@ -265,20 +322,35 @@ def launch_torchrun(module: str,            # module with a `main`, run as `pyth
     if code != 0: raise _launch_error(module, code, watch, offsets, tail, run_dir)
 
 # %% ../../nbs/04_engine.launch.ipynb #233adbe6
+def _join_run(cfg: RunConfig, module: str, launch: Launch, # the run, its trainer, this node (not node 0)
+              env: dict | None,                            # extra environment of the ranks
+             ) -> dict:
+    "Node K > 0: its ranks join node 0's run; of the run folder it writes only its ranks' logs. Returns {}."
+    with tempfile.TemporaryDirectory(prefix=f'gol_node{launch.node_rank}_') as d:
+        path = Path(d) / 'launch_config.yaml'  # the run folder's launch_config.yaml is node 0's
+        save_config(cfg, path)
+        launch_torchrun(module, ['--config', str(path)], launch, env=env, run_dir=cfg.output_dir,
+                        hang_timeout=cfg.hang_timeout)
+    print(f"node {launch.node_rank} of {launch.nnodes}: its ranks are done; node 0 writes the results in "
+          f"{cfg.output_dir}", flush=True)
+    return {}
+
 def launch_run(cfg: RunConfig,           # the run's config (any trainer's)
                module: str,              # the trainer module; its `main` takes `--config <yaml>`
-               nproc: int,               # processes
+               launch: int | Launch,     # processes on this machine, or a Launch over several nodes
                result: str = 'metrics.json', # the file rank 0 writes at the end, read back
                env: dict | None = None,  # extra environment of the ranks
               ) -> dict:
     "Run a trainer on `cfg` under torchrun (config saved as `launch_config.yaml` in the run folder); return its result."
+    launch = Launch.of(launch)
+    if not launch.main_node: return _join_run(cfg, module, launch, env)
     out = Path(cfg.output_dir)
     held = str(out.resolve()) in _RUN_LOCKS
     lock_run_folder(out)  # this process holds the folder for its ranks, for the run's life
     try:
         path = out / 'launch_config.yaml'
         save_config(cfg, path)
-        launch_torchrun(module, ['--config', str(path)], nproc, env={**(env or {}), LOCK_ENV: str(out.resolve())},
+        launch_torchrun(module, ['--config', str(path)], launch, env={**(env or {}), LOCK_ENV: str(out.resolve())},
                         run_dir=out, hang_timeout=cfg.hang_timeout)
         return json.loads((out / result).read_text())
     finally:
@@ -288,15 +360,16 @@ def launch_run(cfg: RunConfig,           # the run's config (any trainer's)
 def train_or_launch(cfg: RunConfig,           # the run's config (any trainer's)
                     train: Callable,          # `train(cfg) -> dict`: the trainer's loop, in this process
                     module: str,              # the trainer module, run as `python -m module --config <yaml>`
-                    nproc: int = 1,           # processes (GPUs; CPU processes with device=cpu)
-                    check: Callable | None = None, # `check(cfg, nproc)`: raises before any rank starts
+                    launch: int | Launch = 1, # processes here (GPUs; CPU ones with device=cpu), or a Launch over nodes
+                    check: Callable | None = None, # `check(cfg, world_size)`: raises before any rank starts (node 0)
                     result: str = 'metrics.json',  # the file rank 0 writes at the end
                     env: dict | None = None,  # extra environment of the ranks
-                    gpus: bool = False,       # GPUs asked for by name: fail at once when there are not `nproc`
+                    gpus: bool = False,       # GPUs asked for by name: fail at once when this node has fewer
                    ) -> dict:
-    "Train in this process (one process, or inside a torchrun rank) or launch `nproc` ranks; return the result."
+    "Train in this process (one process, or inside a torchrun rank) or launch the ranks; return the result."
     if 'LOCAL_RANK' in os.environ: return train(cfg)
-    require_devices(nproc, cfg.device, gpus=gpus)
-    if nproc <= 1: return train(cfg)
-    if check is not None: check(cfg, nproc)
-    return launch_run(cfg, module, nproc, result, env=env)
+    launch = Launch.of(launch)
+    require_devices(launch.nproc, cfg.device, gpus=gpus)
+    if launch.world_size <= 1: return train(cfg)
+    if check is not None and launch.main_node: check(cfg, launch.world_size)
+    return launch_run(cfg, module, launch, result, env=env)
