@@ -367,6 +367,73 @@ def test_sigterm_on_the_launcher_checkpoints_every_rank_and_exits_cleanly(tmp_pa
     assert at[0] == at[1]  # both ranks stopped on the same iteration boundary
 
 
+# --- several nodes (tests/test_multinode.py trains over two) -------------------------------------------------------
+def _stub_torchrun(monkeypatch, started):
+    "torchrun replaced by `true`: what each launch would have started is appended to `started`."
+    import gol_nb.engine.launch as L
+    def start(module, args, launch, logs, env):
+        started.append((launch.torchrun_args(), args, dict(env or {})))
+        return subprocess.Popen(['true'], stdout=subprocess.PIPE)
+    monkeypatch.setattr(L, '_start_torchrun', start)
+
+
+def test_a_node_other_than_0_takes_no_lock_and_writes_only_its_ranks_logs(tmp_path, monkeypatch):
+    import fcntl
+    run = tmp_path / 'run'; run.mkdir(); cfg = Cfg(output_dir=str(run))
+    started = []; _stub_torchrun(monkeypatch, started)
+    fd = os.open(run / '.lock', os.O_RDWR | os.O_CREAT); os.write(fd, b'pid 1 on host node0\n')
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # node 0's launcher holds the shared folder
+    try:
+        node1 = E.Launch(1, nnodes=2, node_rank=1, master_addr='127.0.0.1', master_port=29511)
+        assert E.launch_run(cfg, 'no.such.module', node1) == {}
+        with pytest.raises(RunFolderError, match='in use by another trainer \\(pid 1 on host node0\\)'):
+            E.launch_run(cfg, 'no.such.module', dataclasses.replace(node1, node_rank=0))  # node 0 would lock
+    finally: os.close(fd)
+    (args, argv, env), = started
+    assert args == ['--nnodes=2', '--node_rank=1', '--master_addr=127.0.0.1', '--master_port=29511',
+                    '--nproc_per_node=1']
+    assert argv[0] == '--config' and run not in Path(argv[1]).parents and not Path(argv[1]).exists()  # a temp copy
+    assert E.LOCK_ENV not in env  # its ranks hold no lock either
+    assert sorted(str(p.relative_to(run)) for p in run.rglob('*')) == ['.lock', 'logs']  # nothing written
+
+
+def test_train_or_launch_checks_the_run_folder_on_node_0_only_with_the_world_size(tmp_path, monkeypatch):
+    started, checked = [], []; _stub_torchrun(monkeypatch, started)
+    cfg = Cfg(output_dir=str(tmp_path / 'run'), device='cpu')
+    (tmp_path / 'run').mkdir(); (tmp_path / 'run' / 'metrics.json').write_text('{"AP": 0.5}')  # what rank 0 wrote
+    two = lambda k: E.Launch(2, nnodes=2, node_rank=k, master_addr='h', master_port=1)
+    check = lambda c, n: checked.append(n)
+    assert E.train_or_launch(cfg, None, 'no.such.module', two(1), check) == {}
+    assert checked == []
+    assert E.train_or_launch(cfg, None, 'no.such.module', two(0), check) == {'AP': 0.5}
+    assert checked == [4] and [s[0][:2] for s in started] == [['--nnodes=2', '--node_rank=1'],
+                                                              ['--nnodes=2', '--node_rank=0']]
+    E.train_or_launch(cfg, None, 'no.such.module', 2, check)
+    assert started[-1][0] == ['--standalone', '--nproc_per_node=2'] and checked == [4, 2]  # one node: as before
+
+
+def test_each_node_watches_only_its_own_ranks(tmp_path):
+    import gol_nb.engine.launch as L
+    for r in range(4): (tmp_path / f'rank{r}.heartbeat.json').write_text(json.dumps({'pid': 10 + r, 'iteration': r}))
+    assert sorted(L._heartbeats(tmp_path, E.Launch(2, 2, 1, 'h', 1).ranks)) == [2, 3]  # pids of node 1's machine only
+
+
+@pytest.mark.parametrize('argv,says', [
+    (['--nnodes', '2', '--node-rank', '2', '--master-addr', 'h', '--master-port', '1'], '--node-rank 2 is outside 0..1'),
+    (['--nnodes', '2', '--node-rank', '-1', '--master-addr', 'h', '--master-port', '1'], '--node-rank -1 is outside'),
+    (['--nnodes', '2', '--master-port', '29500'], '--nnodes 2 needs --master-addr:'),
+    (['--nnodes', '2', '--master-addr', 'h'], '--nnodes 2 needs --master-port:'),
+    (['--nnodes', '0'], '--nnodes: expected >= 1, got 0'),
+    (['--master-port', '29500'], '--master-port given with --nnodes 1'),
+    (['--nnodes', '2', '--master-addr', 'h', '--master-port', '70000'], '--master-port: expected a TCP port'),
+])
+def test_bad_node_flags_are_one_line_naming_the_flag(capsys, argv, says):
+    p = trainer_parser('demo', 'demo', Cfg)
+    with pytest.raises(SystemExit) as e: parse_trainer_args(p, argv, lambda c, o: apply_overrides(Cfg(), o), {})
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1 and err.startswith('demo: error: ') and says in err, err
+
+
 # --- the command lines' shared parts ------------------------------------------------------------------------------
 def test_field_docs_and_help_list_every_key():
     docs = field_docs(Cfg)

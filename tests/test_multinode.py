@@ -1,0 +1,70 @@
+"Multi-node launches: two `gol-train` nodes on one machine (one gloo process each) against `--nproc 2` on one node."
+import json, os, socket, subprocess, sys
+from pathlib import Path
+import pytest
+import torch
+from gol_nb.engine import load_checkpoint, latest_checkpoint, read_jsonl
+from gol_nb.detection.presets import get_config
+from gol_nb.detection.train import run_training
+from gol_nb.cli import main as gol_train_main
+
+REPO = Path(__file__).resolve().parents[1]
+# the tiniest detection run of tests/test_detection_train.py (2 iterations over 2 ranks), deterministic
+TINY = ['synth_num_train=8', 'synth_num_val=4', 'synth_num_classes=4', 'synth_image_size=64', 'train_scales=[64]',
+        'test_size=64', 'max_size=64', 'fpn_channels=16', 'box_head_dim=32', 'mask_head_dim=8', 'rois_per_image=32',
+        'rpn_post_nms_train=50', 'rpn_post_nms_test=30', 'detections_per_img=20', 'batch_size=2', 'num_workers=0',
+        'warmup_iters=2', 'base_lr=0.01', 'log_interval=1', 'tensorboard=false', 'deterministic=true',
+        'max_val_images=4', 'epochs=1', 'rfs=false', 'device=cpu']
+
+
+def free_port() -> int:
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def gol_train(out: Path, data_root: Path, *flags: str) -> subprocess.Popen:
+    "`gol-train` (python -m gol_nb.cli) on the tiny config in `out`, started in the background."
+    env = {**os.environ, 'GOL_DATA_ROOT': str(data_root), 'OMP_NUM_THREADS': '1',
+           'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])}
+    return subprocess.Popen([sys.executable, '-m', 'gol_nb.cli', '--config', 'demo_cpu', *TINY, f'output_dir={out}',
+                             *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def finish(p: subprocess.Popen, timeout: float = 150) -> str:
+    "Its output once it exited 0 (killed, and the output shown, if it does not end in time)."
+    try: out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill(); out, _ = p.communicate()
+        pytest.fail(f"timed out:\n{out[-3000:]}")
+    assert p.returncode == 0, out[-3000:]
+    return out
+
+
+def files(run: Path) -> set[str]:
+    return {str(f.relative_to(run)) for f in run.rglob('*') if f.is_file()}
+
+
+def test_two_nodes_on_one_machine_train_as_two_processes_on_one(tmp_path, monkeypatch, capsys):
+    port, two, one = free_port(), tmp_path / 'two_nodes', tmp_path / 'one_node'
+    monkeypatch.setenv('GOL_DATA_ROOT', str(tmp_path / 'data'))
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    nodes = ['--nproc', '1', '--nnodes', '2', '--master-addr', '127.0.0.1', '--master-port', str(port), '--node-rank']
+    node1 = gol_train(two, tmp_path / 'data', *nodes, '1')  # its torchrun waits for node 0's rendezvous
+    try: gol_train_main(['--config', 'demo_cpu', *TINY, f'output_dir={two}', *nodes, '0'])  # node 0, in this process
+    finally:
+        if node1.poll() is None and not (two / 'metrics.json').exists(): node1.kill()  # node 0 failed: do not wait
+    out0, out1 = capsys.readouterr().out, finish(node1)
+    assert 'node 1 of 2' in out1 and 'node 1 of 2' not in out0
+    assert set(json.loads(out0.strip().splitlines()[-1])) == {'AP', 'APr', 'APc', 'APf', 'APb'}  # node 0 prints them
+    assert [f for f in files(two) if f.endswith('metrics.json')] == ['metrics.json']  # one metrics.json
+    assert not (two / '.lock').exists()
+    ref = run_training(get_config('demo_cpu', TINY + [f'output_dir={one}']), 2)  # the same config, one node
+    # node 1 wrote nothing of its own: the folder holds what a one-node run leaves (rank 1's log was its only file)
+    assert files(two) == files(one), files(two) ^ files(one)
+    assert 'logs/rank1.log' in files(two) and '===== ' not in (two / 'logs' / 'rank1.log').read_text()
+    m2 = json.loads((two / 'metrics.json').read_text())
+    assert m2['iterations'] == ref['iterations'] == 2
+    assert {k: m2[k] for k in ('AP', 'APb')} == {k: ref[k] for k in ('AP', 'APb')}  # deterministic=true: the same
+    losses = lambda d: [(r['iteration'], r['loss']) for r in read_jsonl(d / 'log.jsonl') if 'loss' in r]
+    assert losses(two) == losses(one) and len(losses(one)) == 2
+    w2, w1 = (load_checkpoint(latest_checkpoint(d))['model'] for d in (two, one))
+    assert all(torch.equal(w2[k], w1[k]) for k in w1)
