@@ -68,3 +68,32 @@ def test_two_nodes_on_one_machine_train_as_two_processes_on_one(tmp_path, monkey
     assert losses(two) == losses(one) and len(losses(one)) == 2
     w2, w1 = (load_checkpoint(latest_checkpoint(d))['model'] for d in (two, one))
     assert all(torch.equal(w2[k], w1[k]) for k in w1)
+
+
+def _cls_main(argv):
+    from gol_nb.classification.train import main
+    main(['--config', 'mnist_lt_demo', *argv])
+
+
+def _mmdet_main(argv):
+    pytest.importorskip('mmdet')
+    gol_train_main(['--engine', 'mmdet', '--config', 'mmdet_gol_r50_lvis_v1_2x', *argv])
+
+
+@pytest.mark.parametrize('cli', [_cls_main, _mmdet_main,
+                                 lambda argv: gol_train_main(['--config', 'demo_cpu', *argv])],
+                         ids=['gol-train-cls', 'gol-train --engine mmdet', 'gol-train'])
+def test_every_trainer_passes_the_node_flags_to_torchrun(cli, tmp_path, monkeypatch, capsys):
+    "Node 1 of 2 through each command line (torchrun stubbed): torchrun gets the rendezvous; the run folder stays empty."
+    import gol_nb.engine.launch as L
+    started = []
+    monkeypatch.setattr(L, '_start_torchrun', lambda module, args, launch, logs, env: started.append(
+        (module, launch.torchrun_args())) or subprocess.Popen(['true'], stdout=subprocess.PIPE))
+    run = tmp_path / 'run'
+    cli(['--nproc', '1', '--nnodes', '2', '--node-rank', '1', '--master-addr', '10.0.0.1', '--master-port', '29400',
+         'device=cpu', f'output_dir={run}'])
+    (module, args), = started
+    assert args == ['--nnodes=2', '--node_rank=1', '--master_addr=10.0.0.1', '--master_port=29400',
+                    '--nproc_per_node=1'], module
+    assert 'node 1 of 2: node 0 checks' in capsys.readouterr().err
+    assert [p.name for p in run.rglob('*')] == ['logs']
