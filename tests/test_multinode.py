@@ -84,7 +84,7 @@ def _mmdet_main(argv):
                                  lambda argv: gol_train_main(['--config', 'demo_cpu', *argv])],
                          ids=['gol-train-cls', 'gol-train --engine mmdet', 'gol-train'])
 def test_every_trainer_passes_the_node_flags_to_torchrun(cli, tmp_path, monkeypatch, capsys):
-    "Node 1 of 2 through each command line (torchrun stubbed): torchrun gets the rendezvous; the run folder stays empty."
+    "Node 1 of 2 through each command line (torchrun stubbed): torchrun gets the rendezvous; the run folder stays bare."
     import gol_nb.engine.launch as L
     started = []
     monkeypatch.setattr(L, '_start_torchrun', lambda module, args, launch, logs, env: started.append(

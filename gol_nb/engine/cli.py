@@ -103,7 +103,7 @@ def _one_line(e: BaseException) -> str:
         else f"{type(e).__name__}: {text}"
 
 def run_trainer_cli(p: OneLineParser, a: argparse.Namespace, cfg: Any,
-                    preflight: Callable[[Any, int], Any], # (cfg, world_size): checks before any rank (raise = user error)
+                    preflight: Callable[[Any, int], Any], # (cfg, world_size): checks before any rank starts
                     run: Callable[[Any, Launch], Any],    # trains: (cfg, launch) -> result
                    ) -> Any:
     "Device and pre-launch checks (one-line errors), then train; any error is one line (`--debug`: the traceback)."

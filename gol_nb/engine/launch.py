@@ -173,7 +173,7 @@ def _kill(pid: int, sig: int) -> None:
     with contextlib.suppress(OSError): os.kill(pid, sig)
 
 class _Watch:
-    "The launcher's loop: torchrun's and its first rank's output streamed, its heartbeats watched, interrupts passed on."
+    "The launcher's loop: torchrun's and its first rank's output streamed, heartbeats watched, interrupts passed on."
     def __init__(self, proc: subprocess.Popen,       # torchrun
                  logs: Path,                  # the folder of the rank logs and heartbeats
                  rank_logs: dict[int, Path],  # each of this node's ranks' log
@@ -309,7 +309,7 @@ def launch_torchrun(module: str,            # module with a `main`, run as `pyth
     rank_logs, offsets = _open_rank_logs(logs, module, args, launch)
     if not launch.main_node:
         log(f"node {launch.node_rank} of {launch.nnodes} ({launch.describe()}): joining node 0 at "
-            f"{launch.master_addr}:{launch.master_port}; node 0 writes the run folder, this node only its ranks' logs\n")
+            f"{launch.master_addr}:{launch.master_port}; node 0 writes the run folder, this node its ranks' logs\n")
     proc = _start_torchrun(module, args, launch, logs, env)
     watch = _Watch(proc, logs, rank_logs, offsets[launch.ranks[0]], launch.world_size, log, tail, hang_timeout, poll)
     try:
