@@ -48,6 +48,7 @@ class Launch:
     @classmethod
     def of(cls, launch: int | Launch # a Launch, or a number of processes on this machine alone
           ) -> Launch:
+        "`launch` itself, or `Launch(nproc=launch)`: the one-machine launch every trainer had before."
         return launch if isinstance(launch, Launch) else cls(int(launch))
     @property
     def world_size(self) -> int: return self.nproc * self.nnodes
