@@ -19,8 +19,9 @@ from .launch import _error_line
 
 # %% auto #0
 __all__ = ['EXECUTORS', 'SLURM_KEYS', 'RESOURCE_FLAGS', 'Resources', 'as_resources', 'check_executor', 'executor_parameters',
-           'make_executor', 'JobCall', 'hold_run_folder', 'run_in_folder', 'JobOutcome', 'job_outcome', 'run_jobs',
-           'TrainingCommand', 'add_cluster_arguments', 'split_cluster_argv', 'submit_training']
+           'make_executor', 'JobCall', 'hold_run_folder', 'run_in_folder', 'run_folder_job', 'JobOutcome',
+           'job_outcome', 'run_jobs', 'TrainingCommand', 'add_cluster_arguments', 'split_cluster_argv',
+           'submit_training']
 
 # %% ../../nbs/04_engine.cluster.ipynb #593039c6
 EXECUTORS = ('local', 'slurm')
@@ -67,9 +68,7 @@ def _pairs(text: str) -> dict:
     if bad: raise ValueError(f"resources {text!r}: expected key=value pairs, got {bad}")
     return {k.strip(): yaml.safe_load(v) for k, v in (p.split('=', 1) for p in text.replace(',', ' ').split())}
 
-def as_resources(value: Resources | dict | str | None # a Resources, a dict of its fields, 'key=value,...', or None
-                ) -> Resources:
-    "The Resources `value` describes (None or '': the defaults); unknown keys are an error listing the fields."
+def _resources(value: Resources | dict | str | None) -> Resources:
     if isinstance(value, Resources): return value
     d = dict(_pairs(value) if isinstance(value, str) else (value or {}))
     slurm = dict(d.pop('slurm', None) or {})
@@ -78,6 +77,16 @@ def as_resources(value: Resources | dict | str | None # a Resources, a dict of i
     unknown = sorted(set(d) - set(names))
     if unknown: raise ValueError(f"resources: unknown key(s) {unknown}; expected some of {names}")
     return Resources(**d, slurm=slurm)
+
+def as_resources(value: Resources | dict | str | None, # a Resources, a dict of its fields, 'key=value,...', or None
+                 gpus: int = 0, # GPUs each job's run trains on: gpus_per_node must give them
+                ) -> Resources:
+    "The Resources `value` describes (None or '': the defaults); unknown keys or too few GPUs are an error."
+    r = _resources(value)
+    if gpus > r.gpus_per_node:
+        raise ValueError(f"resources.gpus_per_node={r.gpus_per_node}, but each run trains on {gpus} GPUs: give each "
+                         f"job its run's GPUs (gpus_per_node={gpus})")
+    return r
 
 # %% ../../nbs/04_engine.cluster.ipynb #5c07e340
 def check_executor(kind: str # 'local' or 'slurm'
@@ -138,6 +147,16 @@ def run_in_folder(run_dir: str | Path, # the run folder the call trains in
                   *args, **kwargs) -> Any:
     "`fn(*args, **kwargs)` holding `run_dir`'s lock (waiting for it): a run folder takes one job at a time."
     with hold_run_folder(run_dir): return fn(*args, **kwargs)
+
+def run_folder_job(kind: str,               # 'local' or 'slurm'
+                   resources: Resources | dict | str | None, # what the job asks for
+                   run_dir: str | Path,     # the run folder: the job's files go to run_dir/jobs/<job id>
+                   name: str,               # the job's name
+                   fn: Callable,            # what the job calls (picklable: a module's function), holding run_dir
+                   *args, **kwargs) -> tuple:
+    "(executor, call) of one run's job, for `run_jobs`: `fn(*args, **kwargs)` in `run_dir`, holding its lock."
+    return make_executor(kind, resources, Path(run_dir) / 'jobs', name), JobCall(run_in_folder, run_dir, fn, *args,
+                                                                                   **kwargs)
 
 # %% ../../nbs/04_engine.cluster.ipynb #0496b36d
 @dataclass
