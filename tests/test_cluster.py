@@ -3,7 +3,7 @@ import json, os, shutil, subprocess, sys, time
 from pathlib import Path
 import pytest
 from gol_nb.engine import (Resources, as_resources, make_executor, run_jobs, run_in_folder, split_cluster_argv,
-                           submit_training, JobCall)
+                           submit_training, submit_if_asked, JobCall)
 from gol_nb.studies import run_study, select_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,15 +128,17 @@ def test_slurm_job_file_carries_the_resources(tmp_path, monkeypatch):
         assert f'#SBATCH {want}' in text, (want, text)
 
 
-def test_gol_train_command_line_becomes_one_job(tmp_path):
-    "split_cluster_argv takes the cluster flags out; submit_training runs the rest as `python -m module` in a job."
-    kind, res, rest = split_cluster_argv(['--executor', 'local', str(tmp_path / 'in.json'), '--timeout-min', '5',
-                                          str(tmp_path / 'out.json')])
-    assert (kind, res.timeout_min) == ('local', 5) and '--executor' not in rest
+def test_gol_train_command_line_becomes_one_job(tmp_path, capsys):
+    "submit_if_asked takes the cluster flags out and runs the rest as `python -m module` in a job (local: waited for)."
+    kind, res, rest = split_cluster_argv(['--executor', 'local', 'a.json', '--timeout-min', '5', 'b.json'])
+    assert (kind, res.timeout_min, rest) == ('local', 5, ['a.json', 'b.json'])
     (tmp_path / 'in.json').write_text('{"AP": 0.25}')
-    job = submit_training(rest, tmp_path / 'run', res, kind, module='json.tool')  # json.tool stands in for gol_nb.cli
+    argv = ['--executor', 'local', str(tmp_path / 'in.json'), '--timeout-min', '5', str(tmp_path / 'out.json')]
     bad = submit_training([str(tmp_path / 'missing.json')], tmp_path / 'run', res, kind, module='json.tool')
-    assert job.result() == 0 and json.loads((tmp_path / 'out.json').read_text()) == {'AP': 0.25}
-    assert (tmp_path / 'run' / 'jobs' / job.job_id).is_dir()
+    assert submit_if_asked(argv, lambda rest: tmp_path / 'run', module='json.tool')  # json.tool: a stand-in trainer
+    assert json.loads((tmp_path / 'out.json').read_text()) == {'AP': 0.25}
+    job_id = capsys.readouterr().out.split('submitted job ')[1].split()[0]
+    assert (tmp_path / 'run' / 'jobs' / job_id).is_dir()  # the job's files lie in the run folder
     with pytest.raises(Exception, match='exited with code'):
         bad.result()
+    assert not submit_if_asked(['epochs=2'], lambda rest: tmp_path / 'run')  # no cluster flag: train here

@@ -21,7 +21,7 @@ from .launch import _error_line
 __all__ = ['EXECUTORS', 'SLURM_KEYS', 'RESOURCE_FLAGS', 'Resources', 'as_resources', 'check_executor', 'executor_parameters',
            'make_executor', 'JobCall', 'hold_run_folder', 'run_in_folder', 'run_folder_job', 'JobOutcome',
            'job_outcome', 'run_jobs', 'TrainingCommand', 'add_cluster_arguments', 'split_cluster_argv',
-           'submit_training']
+           'submit_training', 'submit_if_asked']
 
 # %% ../../nbs/04_engine.cluster.ipynb #593039c6
 EXECUTORS = ('local', 'slurm')
@@ -272,3 +272,20 @@ def submit_training(argv: list[str],          # the trainer's command line, with
     "Submit one training (`python -m module *argv`) as a job; return the job (`job.job_id`, `job.result()`)."
     ex = make_executor(executor, resources, Path(run_dir) / 'jobs', name=Path(run_dir).name)
     return ex.submit(TrainingCommand(argv, module))
+
+def submit_if_asked(argv: list[str],       # a trainer's command line
+                    run_dir_of: Callable[[list[str]], str | Path], # the run folder of the command without the flags
+                    prog: str = 'gol-train', # names the command in its lines
+                    module: str = 'gol_nb.cli', # the trainer module the job runs
+                   ) -> bool:
+    "If `argv` asks for a cluster job: submit the rest as one, say where its log is (a local one: wait); True."
+    try:
+        executor, resources, rest = split_cluster_argv(argv)
+        if executor is None: return False
+        job = submit_training(rest, run_dir_of(rest), resources, executor, module)
+    except (ValueError, RuntimeError) as e: sys.exit(f"{prog}: error: {' '.join(str(e).split())} (see {prog} --help)")
+    print(f"{prog}: submitted job {job.job_id} ({executor}); its log: {job.paths.stdout}", flush=True)
+    if executor == 'local':
+        job.wait(); outcome = job_outcome(job)
+        if outcome.status != 'done': sys.exit(f"{prog}: error: the job {outcome.status}: {outcome.error}")
+    return True
