@@ -209,10 +209,9 @@ def _write_runs(out: Path, records: list) -> None:
 def _run_rows(study, rows, out, seeds, data, gpus, recipe, overrides, log, train_fn) -> pd.DataFrame:
     "Every row x seed in turn, a failure recorded and the next run started; runs.csv rewritten after each run."
     records = []
-    for name, info in rows.items():
-        for seed in seeds:
-            records.append(_run_one(study, name, info, seed, out, data, gpus, recipe, overrides, log, train_fn))
-            _write_runs(out, records)
+    for (name, info), seed in itertools.product(rows.items(), seeds):
+        records.append(_run_one(study, name, info, seed, out, data, gpus, recipe, overrides, log, train_fn))
+        _write_runs(out, records)
     return pd.DataFrame(records)
 
 # %% ../nbs/04e_studies.ipynb #ff50a99c
