@@ -1,16 +1,17 @@
 "Cluster studies with submitit's local executor: jobs run side by side, a killed job resumes, nothing runs twice."
-import json, os, shutil, subprocess, sys, time
+import json, os, subprocess, sys, time
 from pathlib import Path
 import pytest
-from gol_nb.engine import (Resources, as_resources, make_executor, run_jobs, run_in_folder, split_cluster_argv,
-                           submit_training, submit_if_asked, JobCall)
+from gol_nb.engine import (Resources, as_resources, make_executor, run_in_folder, split_cluster_argv,
+                           submit_if_asked, TrainingCommand)
 from gol_nb.studies import run_study, select_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # A fake trainer in a file, so that a job process can import it: it notes each start (and whether a checkpoint was
 # there), waits until the other run has started too (so runs that do not overlap take 30 s, and the test fails),
-# and in the run named by DIE_AT it writes a checkpoint and kills its own process the first time.
+# in the run named by DIE_AT it writes a checkpoint and kills its own process the first time, and the run named by
+# FAIL_AT raises.
 FAKE = '''
 import json, os, signal, time
 from pathlib import Path
@@ -18,7 +19,6 @@ from gol_nb.engine import save_config
 from gol_nb.detection.presets import get_config
 def train_fn(name, info, overrides, gpus):
     kv = dict(o.split('=', 1) for o in overrides)
-    if name == os.environ.get('FAIL_AT'): raise RuntimeError(f'{name} diverged')
     d = Path(kv['output_dir']); d.mkdir(parents=True, exist_ok=True)
     calls = d.parent.parent / 'calls'
     ckpt = d / 'checkpoints' / 'iter_00000002.pth'
@@ -30,6 +30,9 @@ def train_fn(name, info, overrides, gpus):
         ckpt.parent.mkdir(exist_ok=True); ckpt.write_bytes(b'x')
         with open(calls / 'spans.txt', 'a') as f: f.write(f"{name} {start} {time.time()}\\n")
         os.kill(os.getpid(), signal.SIGKILL)  # killed mid-run, after its checkpoint
+    if name == os.environ.get('FAIL_AT'):
+        with open(calls / 'spans.txt', 'a') as f: f.write(f"{name} {start} {time.time()}\\n")
+        raise RuntimeError(f'{name} diverged')
     m = {k: 0.1 + 0.01 * int(kv['seed']) for k in ('AP', 'APr', 'APc', 'APf', 'APb')}
     save_config(get_config(name, overrides), d / 'config.yaml')
     (d / 'metrics.json').write_text(json.dumps(m))
@@ -55,22 +58,22 @@ def lines(path: Path) -> list[list[str]]:
 
 def test_local_jobs_run_side_by_side_a_killed_one_resumes_and_nothing_runs_twice(tmp_path, fake_trainer,
                                                                                    monkeypatch):
-    rows = list(select_rows('activations', 'random'))  # three rows: one trains, one is killed once, one raises
-    monkeypatch.setenv('DIE_AT', rows[1]); monkeypatch.setenv('FAIL_AT', rows[2])
+    rows = list(select_rows('activations', 'random'))[:2]  # two rows: the first raises, the second is killed once
+    monkeypatch.setenv('FAIL_AT', rows[0]); monkeypatch.setenv('DIE_AT', rows[1])
     out = tmp_path / 'study'
     (out / 'calls').mkdir(parents=True)
     log = []
-    kw = dict(sampler='random', recipe='smoke', train_fn=fake_trainer, executor='local',
-              resources='timeout_min=10,max_parallel=3,retries=1')
+    kw = dict(sampler='random', presets=rows, recipe='smoke', train_fn=fake_trainer, executor='local',
+              resources='timeout_min=10,max_parallel=2,retries=1')
     runs = run_study('activations', out, [0], log=log.append, **kw)
-    assert list(runs['preset']) == rows and list(runs['status']) == ['finished', 'finished', 'failed'], runs['error']
-    assert runs['error'][2] == f'RuntimeError: {rows[2]} diverged'  # the error line, as the sequential path gives it
-    # two jobs at once: each started before the other ended (the other run, the killed run's first attempt)
+    assert list(runs['preset']) == rows and list(runs['status']) == ['failed', 'finished'], runs['error']
+    assert runs['error'][0] == f'RuntimeError: {rows[0]} diverged'  # the error line, as the sequential path gives it
+    # two jobs at once: each started before the other ended (the failing run, the killed run's first attempt)
     spans = lines(out / 'calls' / 'spans.txt')
     assert [n for n, _, _ in spans].count(rows[1]) == 2, spans
     (a0, a1), (b0, b1) = [(float(a), float(b)) for _, a, b in spans[:2]]
-    assert sorted(n for n, _, _ in spans[:2]) == sorted(rows[:2]) and max(a0, b0) < min(a1, b1), spans
-    # the killed job was submitted again and resumed from its checkpoint; the other row trained once
+    assert sorted(n for n, _, _ in spans[:2]) == sorted(rows) and max(a0, b0) < min(a1, b1), spans
+    # the killed job was submitted again and resumed from its checkpoint; the other row ran once
     starts = sorted((n, c) for n, c, _ in lines(out / 'calls' / 'starts.txt'))
     assert starts == sorted([(rows[0], 'False'), (rows[1], 'False'), (rows[1], 'True')]), starts
     assert any(l.startswith(f'{rows[1]} seed 0: job') and 'submitted again' in l for l in log), log
@@ -78,26 +81,25 @@ def test_local_jobs_run_side_by_side_a_killed_one_resumes_and_nothing_runs_twice
     assert f'{rows[1]} seed 0: resuming' in job_log
     # runs.csv holds what run_study returned (one recording path)
     csv = (out / 'runs.csv').read_text()
-    assert csv.count('finished') == 2 and f'{rows[2]} diverged' in csv and all(r in csv for r in rows)
-    # run the two finished rows again: they are read back here, no job is submitted, nothing trains
+    assert csv.count('finished') == 1 and f'{rows[0]} diverged' in csv and all(r in csv for r in rows)
+    # run the finished row again: it is read back here, no job is submitted, nothing trains
     log.clear()
-    again = run_study('activations', out, [0], log=log.append, **dict(kw, presets=rows[:2]))
-    assert list(again['status']) == ['skipped', 'skipped'] and not [l for l in log if 'submitted' in l], log
+    again = run_study('activations', out, [0], log=log.append, **dict(kw, presets=rows[1:]))
+    assert list(again['status']) == ['skipped'] and not [l for l in log if 'submitted' in l], log
     assert len(lines(out / 'calls' / 'starts.txt')) == 3
 
 
 def test_a_job_waits_for_the_run_folder_held_by_another_process(tmp_path):
-    "Two jobs of one run take turns: the second waits for the folder's lock, then finds the run finished."
+    "Two jobs of one run take turns: the second waits for the folder's lock (run_in_folder), then finds it finished."
     d = tmp_path / 'run'; d.mkdir()
     hold = ("import fcntl, sys, time; f = open(sys.argv[1] + '/.lock', 'w'); fcntl.flock(f, fcntl.LOCK_EX); "
             "print('locked', flush=True); time.sleep(1.5); open(sys.argv[1] + '/metrics.json', 'w').write('{}')")
     holder = subprocess.Popen([sys.executable, '-c', hold, str(d)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == 'locked\n'
-    ex = make_executor('local', 'timeout_min=5', tmp_path / 'jobs')
-    outs = run_jobs({'second': (ex, JobCall(run_in_folder, d, os.path.exists, str(d / 'metrics.json')))},
-                    log=lambda s: None, poll=0.2)
+    t0 = time.time()
+    found = run_in_folder(d, lambda: (time.time() - t0, (d / 'metrics.json').exists()))  # as a run's job calls it
     holder.wait()
-    assert outs['second'].status == 'done' and outs['second'].result is True  # it ran only once the first had ended
+    assert found[0] > 0.5 and found[1] is True  # it waited for the holder, then found the run finished
 
 
 def test_resources_errors_name_the_field():
@@ -134,11 +136,10 @@ def test_gol_train_command_line_becomes_one_job(tmp_path, capsys):
     assert (kind, res.timeout_min, rest) == ('local', 5, ['a.json', 'b.json'])
     (tmp_path / 'in.json').write_text('{"AP": 0.25}')
     argv = ['--executor', 'local', str(tmp_path / 'in.json'), '--timeout-min', '5', str(tmp_path / 'out.json')]
-    bad = submit_training([str(tmp_path / 'missing.json')], tmp_path / 'run', res, kind, module='json.tool')
     assert submit_if_asked(argv, lambda rest: tmp_path / 'run', module='json.tool')  # json.tool: a stand-in trainer
     assert json.loads((tmp_path / 'out.json').read_text()) == {'AP': 0.25}
     job_id = capsys.readouterr().out.split('submitted job ')[1].split()[0]
     assert (tmp_path / 'run' / 'jobs' / job_id).is_dir()  # the job's files lie in the run folder
-    with pytest.raises(Exception, match='exited with code'):
-        bad.result()
+    with pytest.raises(RuntimeError, match='exited with code 2'):  # a failing command fails its job
+        TrainingCommand([str(tmp_path / 'missing.json')], module='json.tool')()
     assert not submit_if_asked(['epochs=2'], lambda rest: tmp_path / 'run')  # no cluster flag: train here
