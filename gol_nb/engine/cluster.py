@@ -69,6 +69,7 @@ def _pairs(text: str) -> dict:
     return {k.strip(): yaml.safe_load(v) for k, v in (p.split('=', 1) for p in text.replace(',', ' ').split())}
 
 def _resources(value: Resources | dict | str | None) -> Resources:
+    "The Resources of a Resources, a dict of its fields (slurm_<key>: into `slurm`) or their text."
     if isinstance(value, Resources): return value
     d = dict(_pairs(value) if isinstance(value, str) else (value or {}))
     slurm = dict(d.pop('slurm', None) or {})
@@ -186,6 +187,7 @@ def _cancel_local(jobs: list, log: Callable[[str], None]) -> None:
 
 # %% ../../nbs/04_engine.cluster.ipynb #9cc8c2bb
 def _submit(key: str, executor: submitit.Executor, call: Callable, log: Callable[[str], None]) -> submitit.Job:
+    "Submit `call`, saying which job runs `key` and where its files are."
     job = executor.submit(call)
     log(f"{key}: job {job.job_id} submitted (log: {job.paths.stdout.parent})")
     return job
@@ -253,6 +255,7 @@ def add_cluster_arguments(p: argparse.ArgumentParser # a trainer's parser
     return p
 
 class _RaisingParser(argparse.ArgumentParser):
+    "A parser whose errors are ValueErrors, for the trainer's own parser to report."
     def error(self, message): raise ValueError(message)
 
 def split_cluster_argv(argv: list[str] # a trainer's command line
