@@ -4,7 +4,7 @@
 
 # %% ../nbs/04e_studies.ipynb #c3517f22
 from __future__ import annotations
-import contextlib, fcntl, json, os, resource, tempfile, time, traceback, warnings
+import contextlib, fcntl, itertools, json, os, resource, tempfile, time, traceback, warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -15,6 +15,7 @@ import yaml
 from .data.synthetic import make_mini_lvis
 from .data.source import project_root, data_root, DataSource, DATA_KEYS, resolve_data
 from .engine import atomic_write_text, run_status, finished_run, require_devices
+from .engine import as_resources, check_executor, run_folder_job, run_jobs
 from .detection.presets import get_config, PRESET_INFO, STUDIES, study_presets
 from .detection.train import run_training
 from .evidence import Matching, match_detections, compare_rows, verdict, SEED_MODES
@@ -186,27 +187,52 @@ def _skip_or_train(name, info, seed, run_dir: Path, state: str, ov: list, gpus: 
     log(f"{name} seed {seed}: {'resuming' if state == 'interrupted' else 'training'} in {run_dir}")
     return train_fn(name, info, ov, gpus), 'finished'
 
+def _run_one(study, name, info, seed, out, data, gpus, recipe, overrides, log, train_fn) -> dict:
+    "The runs.csv line of one run: read back if it finished, else trained or resumed; a failure with its error line."
+    run_dir = out / name / f'seed{seed}'
+    rec, state = _new_record(study, name, info, seed, run_dir), run_status(run_dir)
+    t0, c0 = time.time(), _cpu_seconds()
+    try:
+        ov = run_overrides(name, seed, run_dir, data, recipe, gpus, tuple(overrides), info.engine)
+        metrics, rec['status'] = _skip_or_train(name, info, seed, run_dir, state, ov, gpus, log, train_fn)
+        rec.update({k: float(metrics[k]) for k in METRICS if k in metrics})
+    except Exception as e:
+        rec.update(status='failed', error=_error_line(e))
+        log(f"{name} seed {seed}: FAILED: {rec['error']}\n{traceback.format_exc()}")
+    rec['wall_s'], rec['cpu_s'] = round(time.time() - t0, 1), round(_cpu_seconds() - c0, 1)
+    return rec
+
+def _write_runs(out: Path, records: list) -> None:
+    "runs.csv: the lines of the runs that ended so far (a status), in table order."
+    atomic_write_text(out / 'runs.csv', pd.DataFrame([r for r in records if r['status']]).to_csv(index=False))
+
 def _run_rows(study, rows, out, seeds, data, gpus, recipe, overrides, log, train_fn) -> pd.DataFrame:
     "Every row x seed in turn, a failure recorded and the next run started; runs.csv rewritten after each run."
     records = []
-    for name, info in rows.items():
-        for seed in seeds:
-            run_dir = out / name / f'seed{seed}'
-            rec, state = _new_record(study, name, info, seed, run_dir), run_status(run_dir)
-            t0, c0 = time.time(), _cpu_seconds()
-            try:
-                ov = run_overrides(name, seed, run_dir, data, recipe, gpus, tuple(overrides), info.engine)
-                metrics, rec['status'] = _skip_or_train(name, info, seed, run_dir, state, ov, gpus, log, train_fn)
-                rec.update({k: float(metrics[k]) for k in METRICS if k in metrics})
-            except Exception as e:
-                rec.update(status='failed', error=_error_line(e))
-                log(f"{name} seed {seed}: FAILED: {rec['error']}\n{traceback.format_exc()}")
-            rec['wall_s'], rec['cpu_s'] = round(time.time() - t0, 1), round(_cpu_seconds() - c0, 1)
-            records.append(rec)
-            atomic_write_text(out / 'runs.csv', pd.DataFrame(records).to_csv(index=False))
+    for (name, info), seed in itertools.product(rows.items(), seeds):
+        records.append(_run_one(study, name, info, seed, out, data, gpus, recipe, overrides, log, train_fn))
+        _write_runs(out, records)
     return pd.DataFrame(records)
 
-# %% ../nbs/04e_studies.ipynb #3b03b392
+# %% ../nbs/04e_studies.ipynb #ff50a99c
+def _run_in_jobs(study, rows, out, seeds, data, gpus, recipe, overrides, log, train_fn, executor,
+                 resources) -> pd.DataFrame:
+    "Every row x seed not finished as one job, run in parallel (finished ones read back here); runs.csv as each ends."
+    check_executor(executor); res = as_resources(resources, gpus)
+    recs, jobs = {}, {}
+    for (name, info), seed in itertools.product(rows.items(), seeds):
+        key, d = f'{name} seed {seed}', out / name / f'seed{seed}'
+        args = (study, name, info, seed, out, data, gpus, recipe, tuple(overrides))
+        if run_status(d) == 'finished': recs[key] = _run_one(*args, log, train_fn); continue
+        recs[key] = _new_record(study, name, info, seed, d)  # its place in the table, until its job ends
+        jobs[key] = run_folder_job(executor, res, d, f'{name}_seed{seed}', _run_one, *args, print, train_fn)
+    def record(key, o):
+        recs[key] = o.result if o.status == 'done' else dict(recs[key], status='failed', error=o.error)
+        _write_runs(out, list(recs.values()))
+    _write_runs(out, list(recs.values()))
+    run_jobs(jobs, res.max_parallel, res.retries, record, log)
+    return pd.DataFrame(list(recs.values()))
+
 def run_study(study: str,                     # one of STUDIES
               output_dir: str | os.PathLike,  # one folder per run under it: <preset>/seed<k>
               seeds: list = (0,),             # training seeds
@@ -218,6 +244,8 @@ def run_study(study: str,                     # one of STUDIES
               overrides: tuple = (),          # key=value overrides for every run
               log: Callable[[str], None] = print, # progress lines
               train_fn: Optional[Callable] = None, # (name, info, overrides, gpus) -> metrics; default: train the row
+              executor: Optional[str] = None, # None: one run after another here; 'local' or 'slurm': one job a run
+              resources=None,                 # each job's `gol_nb.engine.Resources` (or a dict, or 'key=value,...')
              ) -> pd.DataFrame:
     "Train every row x seed of `study` (skipping finished runs, resuming interrupted ones); one row per run."
     rows = select_rows(study, sampler, presets)
@@ -227,7 +255,8 @@ def run_study(study: str,                     # one of STUDIES
     out, train_fn = Path(output_dir), train_fn or _train_row
     out.mkdir(parents=True, exist_ok=True)
     with _study_lock(out, log):
-        return _run_rows(study, rows, out, seeds, data, gpus, recipe, overrides, log, train_fn)
+        if not executor: return _run_rows(study, rows, out, seeds, data, gpus, recipe, overrides, log, train_fn)
+        return _run_in_jobs(study, rows, out, seeds, data, gpus, recipe, overrides, log, train_fn, executor, resources)
 
 # %% ../nbs/04e_studies.ipynb #39031b90
 def _mean_std(v) -> tuple[float, float]:

@@ -15,7 +15,10 @@ from gol_nb.engine.distributed import *
 from gol_nb.engine.logs import *
 from gol_nb.engine.guard import *
 from gol_nb.engine.launch import *
+from gol_nb.engine import cluster
+from gol_nb.engine.cluster import *
 from gol_nb.engine.cli import *
 
 __all__ = [n for m in (files, config, checkpoints, runs, weights, schedule, distributed, logs, guard, launch, cli)
            for n in m.__all__]
+__all__ += cluster.__all__
