@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse, importlib, sys
 from types import ModuleType
 from typing import Optional
-from .engine import MMDET_MISSING, RunSetupError, OneLineParser
+from .engine import MMDET_MISSING, RunSetupError, OneLineParser, add_cluster_arguments, submit_if_asked
+from .detection.presets import get_config
 from .detection.train import detection_parser, main as detection_main
 
 # %% auto #0
@@ -27,16 +28,24 @@ def mmdet_runner() -> ModuleType:
 
 # %% ../nbs/08b_cli.ipynb #97c79751
 def gol_train_parser() -> OneLineParser:
-    "gol-train's parser: the torchvision trainer's, plus `--engine`."
+    "gol-train's parser: the torchvision trainer's, plus `--engine` and the cluster-job flags."
     p = detection_parser()
     p.add_argument('--engine', choices=ENGINES, default='torchvision',
                    help='torchvision (gol_nb.detection.train) or mmdet (the mmdetection runner: Cascade, HTC)')
-    return p
+    return add_cluster_arguments(p)
+
+def _run_dir(argv: list[str] # a gol-train command line without the cluster flags
+            ) -> str:
+    "The run folder (`output_dir`) the command line asks for, from either engine's config."
+    a = gol_train_parser().parse_intermixed_args(argv)
+    build = mmdet_runner().get_mmdet_config if a.engine == 'mmdet' else get_config
+    return build(a.config, list(a.overrides)).output_dir
 
 def main(argv: Optional[list[str]] = None # command-line arguments (default: sys.argv[1:])
         ) -> None:
     "gol-train: train a detector with the torchvision trainer or (`--engine mmdet`) the mmdetection runner."
     argv = list(sys.argv[1:] if argv is None else argv)
+    if submit_if_asked(argv, _run_dir, prog='gol-train'): return  # --slurm / --executor: one job, not here
     pre = argparse.ArgumentParser(add_help=False); pre.add_argument('--engine', choices=ENGINES)
     known, rest = pre.parse_known_args(argv)
     if known.engine == 'mmdet':  # the runner parses the same forms; imported only when asked for
