@@ -342,6 +342,22 @@ def test_ground_truth_prepared_once():
         'annotations': [a for a in gt['annotations'] if a['image_id'] <= 3]}, kept, 'segm')
 
 
+def test_ground_truth_file_read_by_orjson_named_as_the_file(tmp_path):
+    "An annotation file parsed by orjson gives load_lvis's dict; its warnings, counts and errors still name the file."
+    from gol_nb.data import LVISFormatError
+    gt, p = small_lvis(), tmp_path / 'gt.json'
+    p.write_text(json.dumps(gt))
+    prepared = LVISGroundTruth(p)
+    assert prepared.data == load_lvis(p) and prepared.data.source == str(p)
+    shared = [dict(im, coco_url=gt['images'][0]['coco_url']) if im['id'] == 2 else im for im in gt['images']]
+    p.write_text(json.dumps({**gt, 'images': shared}))
+    with pytest.warns(UserWarning, match=f"{p}: images 1 and 2"): LVISGroundTruth(p)
+    p.write_text(json.dumps({**gt, 'categories': [{'id': c['id'], 'name': c['name']} for c in gt['categories']]}))
+    assert LVISGroundTruth(p).data.frequency_source == f"counted from the annotations of {p}"
+    p.write_text('{"images": [}')
+    with pytest.raises(LVISFormatError, match=f"{p}: not valid json"): LVISGroundTruth(p)
+
+
 def test_columns_checked_and_named():
     gt = small_lvis(n_images=3)
     h, w = gt['images'][0]['height'], gt['images'][0]['width']
