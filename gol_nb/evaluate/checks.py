@@ -147,7 +147,10 @@ def _rle_syntax_problem(counts: list, # compressed RLE strings (bytes)
     if six.any(): probs.append((owner_of(np.flatnonzero(six)), "holds a number longer than 6 characters"))
     return min(probs) if probs else None
 
-def _check_rle_counts(d: Detections, full: bool = True, chunk: int = 20_000):
+def _check_rle_counts(d: Detections, # the detections, with masks
+                      full: bool = True, # decode the runs too (else: their syntax only)
+                      chunk: int = 4096, # masks checked at a time: their bytes stay in the CPU cache
+                     ):
     "Raise naming the first mask whose compressed RLE counts do not parse (`full`: or do not cover its h x w image)."
     for s in range(0, len(d), chunk):
         counts, hw = list(d.counts[s:s + chunk]), d.mask_size[s:s + chunk]
