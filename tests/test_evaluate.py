@@ -406,6 +406,22 @@ def test_results_json_read_in_pieces_equals_one_go(tmp_path, monkeypatch):
     with pytest.raises(DetectionFormatError, match='give it to all or none'): evaluate_lvis(gt, p, 'segm')
 
 
+def test_large_results_json_read_in_pieces_by_default(tmp_path):
+    "A results json over JSON_PIECE is read a piece at a time: the records' Detections and figures; a bad record named."
+    import gol_nb.evaluate.files as ev
+    gt = small_lvis()
+    dets = make_detections(gt, 'bbox', seed=13)
+    recs = dets * (ev.JSON_PIECE // len(json.dumps(dets)) + 2)  # repeated past one piece
+    p = tmp_path / 'dets.json'; p.write_text(json.dumps(recs))
+    assert p.stat().st_size > ev.JSON_PIECE and len(list(ev._json_pieces(p.read_bytes(), 1, ev.JSON_PIECE))) > 1
+    assert ev.load_detections(p, masks=False).to_records() == detections_from_records(recs).to_records()
+    assert evaluate_lvis(gt, p) == evaluate_lvis(gt, recs)
+    bad = [dict(r) for r in recs]; bad[-3]['score'] = 'x'
+    p.write_text(json.dumps(bad))
+    with pytest.raises(DetectionFormatError, match=rf"detections\[{len(bad) - 3}\]: field 'score' must be a finite"):
+        ev.load_detections(p, masks=False)
+
+
 @pytest.mark.parametrize('bad, field', [({'image_id': True}, "'image_id'"), ({'score': False}, "'score'"),
                                         ({'bbox': [0, 0, True, 4]}, "'bbox'"), ({'category_id': 1.0}, "'category_id'")])
 def test_column_type_checks_name_the_record(bad, field, tmp_path):
