@@ -342,6 +342,22 @@ def test_ground_truth_prepared_once():
         'annotations': [a for a in gt['annotations'] if a['image_id'] <= 3]}, kept, 'segm')
 
 
+def test_ground_truth_file_read_by_orjson_named_as_the_file(tmp_path):
+    "An annotation file parsed by orjson gives load_lvis's dict; its warnings, counts and errors still name the file."
+    from gol_nb.data import LVISFormatError
+    gt, p = small_lvis(), tmp_path / 'gt.json'
+    p.write_text(json.dumps(gt))
+    prepared = LVISGroundTruth(p)
+    assert prepared.data == load_lvis(p) and prepared.data.source == str(p)
+    shared = [dict(im, coco_url=gt['images'][0]['coco_url']) if im['id'] == 2 else im for im in gt['images']]
+    p.write_text(json.dumps({**gt, 'images': shared}))
+    with pytest.warns(UserWarning, match=f"{p}: images 1 and 2"): LVISGroundTruth(p)
+    p.write_text(json.dumps({**gt, 'categories': [{'id': c['id'], 'name': c['name']} for c in gt['categories']]}))
+    assert LVISGroundTruth(p).data.frequency_source == f"counted from the annotations of {p}"
+    p.write_text('{"images": [}')
+    with pytest.raises(LVISFormatError, match=f"{p}: not valid json"): LVISGroundTruth(p)
+
+
 def test_columns_checked_and_named():
     gt = small_lvis(n_images=3)
     h, w = gt['images'][0]['height'], gt['images'][0]['width']
@@ -388,6 +404,22 @@ def test_results_json_read_in_pieces_equals_one_go(tmp_path, monkeypatch):
     mixed = [dict(r) for r in dets[:30]] + [{k: v for k, v in r.items() if k != 'bbox'} for r in dets[30:60]]
     p.write_text(json.dumps(mixed))
     with pytest.raises(DetectionFormatError, match='give it to all or none'): evaluate_lvis(gt, p, 'segm')
+
+
+def test_large_results_json_read_in_pieces_by_default(tmp_path):
+    "A results json over JSON_PIECE is read a piece at a time: the records' Detections and figures; a bad record named."
+    import gol_nb.evaluate.files as ev
+    gt = small_lvis()
+    dets = make_detections(gt, 'bbox', seed=13)
+    recs = dets * (ev.JSON_PIECE // len(json.dumps(dets)) + 2)  # repeated past one piece
+    p = tmp_path / 'dets.json'; p.write_text(json.dumps(recs))
+    assert p.stat().st_size > ev.JSON_PIECE and len(list(ev._json_pieces(p.read_bytes(), 1, ev.JSON_PIECE))) > 1
+    assert ev.load_detections(p, masks=False).to_records() == detections_from_records(recs).to_records()
+    assert evaluate_lvis(gt, p) == evaluate_lvis(gt, recs)
+    bad = [dict(r) for r in recs]; bad[-3]['score'] = 'x'
+    p.write_text(json.dumps(bad))
+    with pytest.raises(DetectionFormatError, match=rf"detections\[{len(bad) - 3}\]: field 'score' must be a finite"):
+        ev.load_detections(p, masks=False)
 
 
 @pytest.mark.parametrize('bad, field', [({'image_id': True}, "'image_id'"), ({'score': False}, "'score'"),

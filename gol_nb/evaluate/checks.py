@@ -4,7 +4,8 @@
 
 # %% ../../nbs/03c_evaluate.checks.ipynb #f2159383
 from __future__ import annotations
-import os
+import os, warnings
+from pathlib import Path
 from typing import Sequence
 import numpy as np
 from ..data import load_lvis
@@ -34,12 +35,26 @@ def _gt_copy(gt: dict) -> dict:
         if 'area' not in a: a['area'] = _mask_area(a, imgs[a['image_id']])
     return d
 
+def _read_lvis(gt: str | os.PathLike | dict # LVIS annotation file or dict
+              ) -> dict:
+    "`load_lvis(gt)`, a file parsed by orjson; a file whose checks warn or fail is read by `load_lvis` (its messages)."
+    if not isinstance(gt, (str, os.PathLike)): return load_lvis(gt)
+    try:
+        import orjson
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            d = load_lvis(orjson.loads(Path(gt).read_bytes()))
+    except (ImportError, OSError, ValueError): return load_lvis(gt)  # LVISFormatError is a ValueError
+    if caught or d.frequency_source != 'file': return load_lvis(gt)  # messages that would name '<dict>'
+    d.source = str(gt)
+    return d
+
 class LVISGroundTruth:
     "A validated LVIS annotation set with its lookup columns and records, built once and reused."
     @_gc_paused
     def __init__(self, gt: str | os.PathLike | dict # LVIS annotation file or dict
                 ):
-        self.data = load_lvis(gt)
+        self.data = _read_lvis(gt)
         ids = np.fromiter((im['id'] for im in self.data['images']), np.int64, len(self.data['images']))
         hw = np.array([(im['height'], im['width']) for im in self.data['images']], np.int64).reshape(-1, 2)
         order = np.argsort(ids, kind='stable')
@@ -132,7 +147,10 @@ def _rle_syntax_problem(counts: list, # compressed RLE strings (bytes)
     if six.any(): probs.append((owner_of(np.flatnonzero(six)), "holds a number longer than 6 characters"))
     return min(probs) if probs else None
 
-def _check_rle_counts(d: Detections, full: bool = True, chunk: int = 20_000):
+def _check_rle_counts(d: Detections, # the detections, with masks
+                      full: bool = True, # decode the runs too (else: their syntax only)
+                      chunk: int = 4096, # masks checked at a time: their bytes stay in the CPU cache
+                     ):
     "Raise naming the first mask whose compressed RLE counts do not parse (`full`: or do not cover its h x w image)."
     for s in range(0, len(d), chunk):
         counts, hw = list(d.counts[s:s + chunk]), d.mask_size[s:s + chunk]

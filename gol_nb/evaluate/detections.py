@@ -132,7 +132,8 @@ def _from_records_fast(recs: list, masks: bool) -> Detections | None:
     "Column-wise conversion, types checked a column at a time; None when some record needs the one-by-one reading."
     try:
         img, cat, score = _column(recs, 'image_id'), _column(recs, 'category_id'), _column(recs, 'score')
-        boxes = list(map(operator.methodcaller('get', 'bbox'), recs))
+        try: boxes = _column(recs, 'bbox')  # every record with a box: 3x faster than .get
+        except KeyError: boxes = list(map(operator.methodcaller('get', 'bbox'), recs))
         segs = _column(recs, 'segmentation') if masks else None
     except (KeyError, TypeError, AttributeError): return None  # a non-dict record, a missing field
     if not (_only(img, _INT) and _only(cat, _INT) and _only(score, _NUM)): return None
