@@ -6,6 +6,7 @@
 from __future__ import annotations
 import copy, ctypes, gc, os, time, warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain, compress
@@ -21,7 +22,7 @@ from .lvis import (load_lvis, image_file_name, class_statistics, ClassStatistics
                               check_train_set, filter_images_without_annotations, segmentation_problem,
                               image_class_pairs, _lookup)
 from .sampling import _class_rf
-from .cache import AnnotationCache, cached, write_records
+from .cache import AnnotationCache, CacheUnavailable, cached, write_records
 
 # %% auto #0
 __all__ = ['decode_segmentation', 'resized_size', 'ImageReadError', 'image_path', 'open_image', 'ImageCheckReport',
@@ -233,9 +234,17 @@ class RecordsByImage(Mapping):
 _INDEX_VERSION = '1'  # bump when `_write_index` stores something else
 _WARNINGS = {c.__name__: c for c in (UserWarning, RuntimeWarning, FutureWarning, DeprecationWarning)}
 
+@contextmanager
+def _gc_paused():
+    "Pause the cyclic collector: parsing makes millions of small dicts, which it would rescan again and again."
+    was = gc.isenabled(); gc.disable()
+    try: yield
+    finally:
+        if was: gc.enable()
+
 def _write_index(ann_file: Path, train: bool, filter_empty: bool, folder: Path) -> dict:
     "Build the annotation cache of `ann_file` into `folder`: image and annotation records, arrays; the meta values."
-    with warnings.catch_warnings(record=True) as caught:  # replayed by every process that opens the cache
+    with warnings.catch_warnings(record=True) as caught, _gc_paused():  # warnings: replayed by every process
         warnings.simplefilter('always')
         lv = _checked(ann_file, train, filter_empty)
         by_image, arrays, meta = _index_lvis(lv, train)
@@ -274,15 +283,16 @@ class LVISDetection(Dataset):
                  flip_prob: float = 0.5, # probability of a horizontal flip in training
                  seed: int | None = None, # None: torch's per-worker RNG; int: augmentation set by (seed, epoch, index)
                  filter_empty: bool | None = None, # drop images without annotations (None: when `train`)
-                 cache: bool = True, # a file: share its parsed records through the annotation cache (`gol_nb.data.cache`)
+                 cache: bool = True, # a file: share its parsed records via the annotation cache (`gol_nb.data.cache`)
                  cache_dir: str | os.PathLike | None = None, # folder of annotation caches (see `annotation_cache_dir`)
                 ):
         self._filter = train if filter_empty is None else filter_empty
         self.train, self.cache, self._lvis = train, None, None
         self._ann_file = None if isinstance(ann_file_or_dict, dict) else Path(ann_file_or_dict)
-        if self._ann_file is not None and cache:
-            self.cache = annotation_index(self._ann_file, train, self._filter, cache_dir)
-        else:
+        if self._ann_file is not None and cache and self._ann_file.is_file():
+            try: self.cache = annotation_index(self._ann_file, train, self._filter, cache_dir)
+            except CacheUnavailable as e: warnings.warn(f"{e}: {self._ann_file} is parsed in this process instead")
+        if self.cache is None:
             self._lvis = _checked(ann_file_or_dict, train, self._filter)
             self.anns, arrays, meta = _index_lvis(self._lvis, train)  # {image id: usable annotations}
             self.images, self._arrays, self._meta = self._lvis['images'], arrays, meta
