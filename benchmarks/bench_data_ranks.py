@@ -145,7 +145,9 @@ def main(argv=None):
     report('cache cold, 2 ranks x 2 workers', run_ranks(a, 'gol', 2))
     report('cache warm, 2 ranks x 2 workers', run_ranks(a, 'gol', 2))
     report('cache warm, 1 process x 2 workers', run_ranks(a, 'gol', 1))
-    if not a.no_baseline: report('no cache, 1 process x 2 workers', run_ranks(a, 'gol-nocache', 1))
+    if not a.no_baseline:
+        report('no cache, 2 ranks x 2 workers', run_ranks(a, 'gol-nocache', 2))
+        report('no cache, 1 process x 2 workers', run_ranks(a, 'gol-nocache', 1))
     if a.mmdet: report("mmdet LVISV1Dataset, 1 x 2 workers", run_ranks(a, 'mmdet', 1))
     print(f"load {os.getloadavg()[0]:.2f}")
     shutil.rmtree(a.cache_dir, ignore_errors=True)
