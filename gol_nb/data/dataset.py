@@ -242,15 +242,20 @@ def _gc_paused():
     finally:
         if was: gc.enable()
 
+def _parse_and_write(ann_file: Path, train: bool, filter_empty: bool, folder: Path) -> dict:
+    "Write image and annotation records and arrays of `ann_file` into `folder`; the meta values."
+    lv = _checked(ann_file, train, filter_empty)
+    by_image, arrays, meta = _index_lvis(lv, train)
+    write_records(folder, 'images', lv['images'])
+    write_records(folder, 'annotations', map(by_image.at, range(len(lv['images']))))
+    for k, v in arrays.items(): np.save(folder / f'{k}.npy', v)
+    return meta
+
 def _write_index(ann_file: Path, train: bool, filter_empty: bool, folder: Path) -> dict:
-    "Build the annotation cache of `ann_file` into `folder`: image and annotation records, arrays; the meta values."
+    "Build the annotation cache of `ann_file` into `folder`; its meta values, with the warnings the build gave."
     with warnings.catch_warnings(record=True) as caught, _gc_paused():  # warnings: replayed by every process
         warnings.simplefilter('always')
-        lv = _checked(ann_file, train, filter_empty)
-        by_image, arrays, meta = _index_lvis(lv, train)
-        write_records(folder, 'images', lv['images'])
-        write_records(folder, 'annotations', map(by_image.at, range(len(lv['images']))))
-    for k, v in arrays.items(): np.save(folder / f'{k}.npy', v)
+        meta = _parse_and_write(ann_file, train, filter_empty, folder)  # the dict is freed before the collector resumes
     return meta | {'warnings': [(w.category.__name__, str(w.message)) for w in caught]}
 
 def annotation_index(ann_file: str | os.PathLike, # LVIS json file
