@@ -4,9 +4,11 @@
 
 # %% ../../nbs/02b_data.dataset.ipynb #3d0bd6d7
 from __future__ import annotations
-import os, time, warnings
+import copy, ctypes, gc, os, time, warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain, compress
 from operator import itemgetter, methodcaller
 from pathlib import Path, PurePosixPath
@@ -16,13 +18,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
-from .lvis import (load_lvis, image_file_name, class_statistics, ClassStatistics, DatasetError,
-                              check_train_set, filter_images_without_annotations, segmentation_problem, _lookup)
-from .sampling import repeat_factors as _repeat_factors
+from .lvis import (load_lvis, image_file_name, class_statistics, ClassStatistics, DatasetError, LVISDict,
+                              check_train_set, filter_images_without_annotations, segmentation_problem,
+                              image_class_pairs, _lookup)
+from .sampling import _class_rf
+from .cache import AnnotationCache, CacheUnavailable, cached, write_records
 
 # %% auto #0
 __all__ = ['decode_segmentation', 'resized_size', 'ImageReadError', 'image_path', 'open_image', 'ImageCheckReport',
-           'check_images', 'AnnotationsByImage', 'LVISDetection', 'detection_collate']
+           'check_images', 'AnnotationsByImage', 'RecordsByImage', 'annotation_index', 'LVISDetection',
+           'detection_collate']
 
 # %% ../../nbs/02b_data.dataset.ipynb #4eb8854d
 def decode_segmentation(seg: list | dict, # polygons [[x1, y1, ...], ...] or RLE {'size': [h, w], 'counts': ...}
@@ -176,6 +181,101 @@ class AnnotationsByImage(Mapping):
     def __iter__(self): return iter(self._index)
     def __len__(self) -> int: return len(self._index)
 
+# %% ../../nbs/02b_data.dataset.ipynb #07f1bdd7
+def _checked(ann: str | os.PathLike | dict, train: bool, filter_empty: bool) -> LVISDict:
+    "The annotation dict as the dataset uses it: validated (a training set refused if empty), maybe filtered."
+    lv = check_train_set(ann) if train else load_lvis(ann)
+    return filter_images_without_annotations(lv) if filter_empty else lv
+
+def _index_lvis(lv: LVISDict, train: bool) -> tuple[AnnotationsByImage, dict, dict]:
+    "(usable annotations by image, arrays, meta) of a checked set: all a `LVISDetection` needs besides `images`."
+    anns = lv['annotations']
+    crowd = np.fromiter(map(methodcaller('get', 'iscrowd', 0), anns), bool, len(anns))
+    if crowd.any(): anns = list(compress(anns, ~crowd))
+    pos, keep, dropped = _usable_boxes(anns, lv['images'])
+    if not keep.all():
+        warnings.warn(f"{lv.source}: {len(keep) - keep.sum():,} of {len(keep):,} boxes dropped, unusable for training: "
+                      f"{dropped['thin']} thinner than a pixel, {dropped['collapsed']} under a pixel wide or high once "
+                      f"clipped to the image, {dropped['outside']} entirely outside the image")
+    if train and not keep.any():
+        raise DatasetError(f"{lv.source}: none of the {len(keep):,} boxes is usable for training (dropped: {dropped})")
+    img, cat, sorted_ids, cat_ids = image_class_pairs(lv)
+    ids = np.fromiter(map(itemgetter('id'), lv['images']), np.int64, len(lv['images']))
+    arrays = {'image_ids': ids, 'image_order': np.argsort(ids, kind='stable'), 'pair_image': img, 'pair_class': cat,
+              'image_rank': np.searchsorted(sorted_ids, ids)}  # position of each image among the sorted ids
+    try: stats = class_statistics(lv)
+    except DatasetError as e: stats = e  # an evaluation set without annotations: raised when asked for
+    meta = {'source': lv.source, 'category_ids': cat_ids.tolist(), 'dropped_boxes': dropped, 'class_statistics': stats}
+    return AnnotationsByImage(anns, pos, lv['images'], keep), arrays, meta
+
+
+# %% ../../nbs/02b_data.dataset.ipynb #cfcf1d5a
+class RecordsByImage(Mapping):
+    "Read-only {image id: record}, over records aligned with the images (e.g. mapped from the annotation cache)."
+    def __init__(self,
+                 records: Sequence, # record of each image, in the images' order
+                 image_ids: np.ndarray, # (N,) id of each image
+                 image_order: np.ndarray, # (N,) argsort of image_ids
+                ): self.records, self.image_ids, self.image_order = records, image_ids, image_order
+
+    def at(self, i: int # position of the image
+          ): return self.records[i]
+
+    def __getitem__(self, image_id: int):
+        k = int(np.searchsorted(self.image_ids, image_id, sorter=self.image_order))
+        if k == len(self) or self.image_ids[self.image_order[k]] != image_id: raise KeyError(image_id)
+        return self.records[int(self.image_order[k])]
+
+    def __iter__(self): return iter(self.image_ids.tolist())
+    def __len__(self) -> int: return len(self.image_ids)
+
+
+# %% ../../nbs/02b_data.dataset.ipynb #4ead6378
+_INDEX_VERSION = '1'  # bump when `_write_index` stores something else
+_WARNINGS = {c.__name__: c for c in (UserWarning, RuntimeWarning, FutureWarning, DeprecationWarning)}
+
+@contextmanager
+def _gc_paused():
+    "Pause the cyclic collector: parsing makes millions of small dicts, which it would rescan again and again."
+    was = gc.isenabled(); gc.disable()
+    try: yield
+    finally:
+        if was: gc.enable()
+
+def _parse_and_write(ann_file: Path, train: bool, filter_empty: bool, folder: Path) -> dict:
+    "Write image and annotation records and arrays of `ann_file` into `folder`; the meta values."
+    lv = _checked(ann_file, train, filter_empty)
+    by_image, arrays, meta = _index_lvis(lv, train)
+    write_records(folder, 'images', lv['images'])
+    write_records(folder, 'annotations', map(by_image.at, range(len(lv['images']))))
+    for k, v in arrays.items(): np.save(folder / f'{k}.npy', v)
+    return meta
+
+def _write_index(ann_file: Path, train: bool, filter_empty: bool, folder: Path) -> dict:
+    "Build the annotation cache of `ann_file` into `folder`; its meta values, with the warnings the build gave."
+    with warnings.catch_warnings(record=True) as caught, _gc_paused():  # warnings: replayed by every process
+        warnings.simplefilter('always')
+        meta = _parse_and_write(ann_file, train, filter_empty, folder)  # the dict is freed before the collector resumes
+    return meta | {'warnings': [(w.category.__name__, str(w.message)) for w in caught]}
+
+def annotation_index(ann_file: str | os.PathLike, # LVIS json file
+                     train: bool, # checked as a training set
+                     filter_empty: bool, # images without annotations dropped
+                     cache_dir: str | os.PathLike | None = None, # see `annotation_cache_dir`
+                    ) -> AnnotationCache:
+    "The shared annotation cache of `ann_file` (built once per machine, then mapped); its warnings are re-issued."
+    c = cached(ann_file, partial(_write_index, Path(ann_file), train, filter_empty), _INDEX_VERSION, cache_dir,
+               train=train, filter_empty=filter_empty)
+    if c.built: gc.collect(); _trim_heap()  # the parsed json is garbage now: give its pages back
+    for kind, msg in c.meta['warnings']: warnings.warn(msg, _WARNINGS.get(kind, UserWarning), stacklevel=3)
+    return c
+
+def _trim_heap():
+    "Return freed heap pages to the system (glibc), so a process that built the cache does not keep the json's."
+    try: ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError): pass
+
+
 # %% ../../nbs/02b_data.dataset.ipynb #629947a0
 class LVISDetection(Dataset):
     "LVIS images with torchvision detection targets; multi-scale resize and horizontal flip in training."
@@ -188,33 +288,51 @@ class LVISDetection(Dataset):
                  flip_prob: float = 0.5, # probability of a horizontal flip in training
                  seed: int | None = None, # None: torch's per-worker RNG; int: augmentation set by (seed, epoch, index)
                  filter_empty: bool | None = None, # drop images without annotations (None: when `train`)
+                 cache: bool = True, # a file: share its parsed records via the annotation cache (`gol_nb.data.cache`)
+                 cache_dir: str | os.PathLike | None = None, # folder of annotation caches (see `annotation_cache_dir`)
                 ):
-        self.lvis = check_train_set(ann_file_or_dict) if train else load_lvis(ann_file_or_dict)
-        if train if filter_empty is None else filter_empty: self.lvis = filter_images_without_annotations(self.lvis)
+        self._filter = train if filter_empty is None else filter_empty
+        self.train, self.cache, self._lvis = train, None, None
+        self._ann_file = None if isinstance(ann_file_or_dict, dict) else Path(ann_file_or_dict)
+        if self._ann_file is not None and cache and self._ann_file.is_file():
+            try: self.cache = annotation_index(self._ann_file, train, self._filter, cache_dir)
+            except CacheUnavailable as e: warnings.warn(f"{e}: {self._ann_file} is parsed in this process instead")
+        if self.cache is None:
+            self._lvis = _checked(ann_file_or_dict, train, self._filter)
+            self.anns, arrays, meta = _index_lvis(self._lvis, train)  # {image id: usable annotations}
+            self.images, self._arrays, self._meta = self._lvis['images'], arrays, meta
         self.image_root = Path(image_root)
         if not self.image_root.is_dir(): raise FileNotFoundError(f"image_root is not a folder: {self.image_root}")
         scales = tuple(int(s) for s in ([scales] if isinstance(scales, int) else scales))
         if not scales or min(scales) < 1: raise ValueError(f"scales must be positive short sides, got {scales!r}")
         if max_size < 1: raise ValueError(f"max_size must be >= 1, got {max_size!r}")
         if not 0 <= flip_prob <= 1: raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob!r}")
-        self.train, self.scales, self.max_size, self.flip_prob, self.seed = train, scales, max_size, flip_prob, seed
-        self.category_ids = sorted(c['id'] for c in self.lvis['categories'])
+        self.scales, self.max_size, self.flip_prob, self.seed = scales, max_size, flip_prob, seed
+        if self.cache is not None: self._attach(self.cache)
+        self.category_ids = list(self._meta['category_ids'])
         self.cat_to_label = {c: i + 1 for i, c in enumerate(self.category_ids)}
-        anns = self.lvis['annotations']
-        crowd = np.fromiter(map(methodcaller('get', 'iscrowd', 0), anns), bool, len(anns))
-        if crowd.any(): anns = list(compress(anns, ~crowd))
-        pos, keep, self.dropped_boxes = _usable_boxes(anns, self.lvis['images'])
-        if not keep.all():
-            dr = self.dropped_boxes
-            warnings.warn(f"{self.lvis.source}: {len(keep) - keep.sum():,} of {len(keep):,} boxes dropped, unusable "
-                          f"for training: {dr['thin']} thinner than a pixel, {dr['collapsed']} under a pixel wide or "
-                          f"high once clipped to the image, {dr['outside']} entirely outside the image")
-        if train and not keep.any():
-            raise DatasetError(f"{self.lvis.source}: none of the {len(keep):,} boxes is usable for training "
-                               f"(dropped: {self.dropped_boxes})")
-        self.images = self.lvis['images']
-        self.anns = AnnotationsByImage(anns, pos, self.images, keep)  # {image id: usable annotations}
+        self.dropped_boxes = dict(self._meta['dropped_boxes'])
         self.epoch = 0
+
+    def _attach(self, c: AnnotationCache):
+        "Read images, annotations and arrays from the mapped cache (shared by every process that maps it)."
+        self._arrays, self._meta, self.images = c.arrays, c.meta, c.records('images')
+        self.anns = RecordsByImage(c.records('annotations'), c.arrays['image_ids'], c.arrays['image_order'])
+
+    def __getstate__(self) -> dict:
+        "Pickled (to a spawned worker) without the mapped arrays or a parsed dict: the worker maps the cache again."
+        if self.cache is None: return self.__dict__
+        return {k: v for k, v in self.__dict__.items() if k not in ('images', 'anns', '_arrays', '_meta', '_lvis')}
+
+    def __setstate__(self, state: dict):
+        self.__dict__.update(state, _lvis=state.get('_lvis'))
+        if self.cache is not None: self._attach(self.cache)
+
+    @property
+    def lvis(self) -> LVISDict:
+        "The checked (and filtered) annotation dict; with the cache, read from the file when first asked for."
+        if self._lvis is None: self._lvis = _checked(self._ann_file, self.train, self._filter)
+        return self._lvis
 
     @property
     def num_classes(self) -> int:
@@ -228,13 +346,18 @@ class LVISDetection(Dataset):
 
     def class_statistics(self) -> ClassStatistics:
         "Image counts per class of the annotation file; N = images holding annotations (see `class_statistics`)."
-        return class_statistics(self.lvis)
+        stats = self._meta['class_statistics']
+        if isinstance(stats, DatasetError): raise DatasetError(str(stats))
+        return copy.deepcopy(stats)
 
     def repeat_factors(self, thresh: float = 0.001 # RFS threshold t
                       ) -> np.ndarray:
         "(len(self),) repeat factor of each dataset index, for `RepeatFactorSampler`."
-        rf = _repeat_factors(self.lvis, thresh)
-        return np.array([rf[im['id']] for im in self.images], np.float64)
+        a = self._arrays
+        r_c = _class_rf(a['pair_image'], a['pair_class'], self.num_classes, thresh)
+        r = np.ones(len(self))
+        np.maximum.at(r, a['pair_image'], r_c[a['pair_class']])
+        return r[a['image_rank']]
 
     def image_path(self, i: int # dataset index
                   ) -> Path:
@@ -252,7 +375,7 @@ class LVISDetection(Dataset):
     def __getitem__(self, i: int):
         im = self.images[i]
         h, w = im['height'], im['width']
-        img = open_image(self.image_path(i), (h, w), im['id'])
+        img = open_image(image_path(im, self.image_root), (h, w), im['id'])
         short, flip = self._draw(i)
         H, W = resized_size(h, w, short, self.max_size)
         sx, sy = W / w, H / h
