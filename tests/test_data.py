@@ -18,12 +18,6 @@ from gol_nb.data.lvis import _decode_rle_strings, tiny_lvis
 from gol_nb.data.synthetic import make_synthetic_lvis
 
 
-@pytest.fixture(autouse=True)
-def _annotation_cache(tmp_path, monkeypatch):
-    "Annotation caches of the files these tests write go to their temporary folder, not the user's cache."
-    monkeypatch.setenv('GOL_NB_CACHE', str(tmp_path / 'annotation-cache'))
-
-
 # ---------------------------------------------------------------- load_lvis: errors name file, record, field
 def _write(tmp_path, d, name='bad.json'):
     p = tmp_path / name

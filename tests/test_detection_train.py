@@ -360,8 +360,8 @@ def test_every_trainable_parameter_gets_a_gradient_so_ddp_need_not_search(data_r
     from gol_nb.data import resolve_data, LVISDetection, detection_collate
     for loss in ('gol', 'softmax', 'gumbel', 'federated'):
         cfg = cfg_for(tmp_path / 'x', f'loss={loss}')
-        paths = resolve_data(cfg); train_lvis, _ = T.load_data(paths)
-        ds = LVISDetection(train_lvis, paths['train_images'], train=True, scales=(64,), max_size=64)
+        paths = resolve_data(cfg); train_ds, _ = T.load_data(cfg, paths)
+        ds = LVISDetection(train_ds.lvis, paths['train_images'], train=True, scales=(64,), max_size=64)
         model = T.detector_from_config(cfg, ds.class_statistics()).train()
         imgs, tgts = detection_collate([ds[0], ds[1]])
         for empty in (False, True):  # images with objects, and images without any

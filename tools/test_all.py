@@ -99,6 +99,7 @@ def main():
     # at the end, so that a test run leaves nothing behind (runs used to leave ~5 GB of checkpoints in /tmp each).
     scratch = Path(tempfile.mkdtemp(prefix='gol_nb_test_'))
     os.environ['TMPDIR'] = str(scratch)
+    os.environ['GOL_NB_CACHE'] = str(scratch / 'annotation-cache')  # the trainers' annotation caches, not the user's
     try: tests(scratch)
     finally: shutil.rmtree(scratch, ignore_errors=True)
 

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 from .lvis import (load_lvis, image_file_name, class_statistics, ClassStatistics, DatasetError, LVISDict,
-                              check_train_set, filter_images_without_annotations, segmentation_problem,
+                              TrainCategories, check_train_set, filter_images_without_annotations, segmentation_problem,
                               image_class_pairs, _lookup)
 from .sampling import _class_rf
 from .cache import AnnotationCache, CacheUnavailable, cached, write_records
@@ -205,7 +205,8 @@ def _index_lvis(lv: LVISDict, train: bool) -> tuple[AnnotationsByImage, dict, di
               'image_rank': np.searchsorted(sorted_ids, ids)}  # position of each image among the sorted ids
     try: stats = class_statistics(lv)
     except DatasetError as e: stats = e  # an evaluation set without annotations: raised when asked for
-    meta = {'source': lv.source, 'category_ids': cat_ids.tolist(), 'dropped_boxes': dropped, 'class_statistics': stats}
+    meta = {'source': lv.source, 'category_ids': cat_ids.tolist(), 'dropped_boxes': dropped, 'class_statistics': stats,
+            'categories': lv['categories']}  # with image counts and groups: what a validation set is matched to
     return AnnotationsByImage(anns, pos, lv['images'], keep), arrays, meta
 
 
@@ -231,7 +232,7 @@ class RecordsByImage(Mapping):
 
 
 # %% ../../nbs/02b_data.dataset.ipynb #4ead6378
-_INDEX_VERSION = '1'  # bump when `_write_index` stores something else
+_INDEX_VERSION = '2'  # bump when `_write_index` stores something else
 _WARNINGS = {c.__name__: c for c in (UserWarning, RuntimeWarning, FutureWarning, DeprecationWarning)}
 
 @contextmanager
@@ -349,6 +350,10 @@ class LVISDetection(Dataset):
         stats = self._meta['class_statistics']
         if isinstance(stats, DatasetError): raise DatasetError(str(stats))
         return copy.deepcopy(stats)
+
+    def training_categories(self) -> TrainCategories:
+        "The annotation file's checked categories (for `check_train_val`), without reading the file again."
+        return TrainCategories.of(copy.deepcopy(self._meta['categories']), self._meta['source'])
 
     def repeat_factors(self, thresh: float = 0.001 # RFS threshold t
                       ) -> np.ndarray:

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 # %% auto #0
-__all__ = ['LVISFormatError', 'DatasetError', 'LVISDict', 'frequency_group', 'image_file_name', 'polygon_problem',
-           'segmentation_problem', 'image_class_pairs', 'load_lvis', 'ClassStatistics', 'class_statistics',
-           'find_shared_file', 'tiny_lvis', 'check_train_set', 'filter_images_without_annotations',
+__all__ = ['LVISFormatError', 'DatasetError', 'LVISDict', 'TrainCategories', 'frequency_group', 'image_file_name',
+           'polygon_problem', 'segmentation_problem', 'image_class_pairs', 'load_lvis', 'ClassStatistics',
+           'class_statistics', 'find_shared_file', 'tiny_lvis', 'check_train_set', 'filter_images_without_annotations',
            'with_train_frequencies', 'check_train_val']
 
 # %% ../../nbs/02_data.lvis.ipynb #af1e575c
@@ -29,6 +29,15 @@ class LVISDict(dict):
     "A validated LVIS annotation dict, as returned by `load_lvis`; `source` names where it came from."
     source: str = '<dict>'
     frequency_source: str = 'file' # where the categories' `image_count` and `frequency` come from
+
+class TrainCategories(LVISDict):
+    "A training set's categories alone ({'categories': [...]}, with image counts and groups): what val is matched to."
+    @classmethod
+    def of(cls, categories: list, # the training set's checked category records
+           source: str,           # names the training file in messages
+          ) -> 'TrainCategories':
+        out = cls(categories=list(categories)); out.source = source
+        return out
 
 # %% ../../nbs/02_data.lvis.ipynb #b6a34331
 def frequency_group(image_count: int) -> str:
@@ -502,7 +511,8 @@ def with_train_frequencies(val: str | os.PathLike | dict, # the validation file 
                            exhaustive: bool | None = None, # COCO-style negatives for all images (None: if none has any)
                           ) -> LVISDict:
     "The validation set with each category's `image_count` and `frequency` taken from the training file."
-    tr, va = load_lvis(train), load_lvis(val)
+    tr = train if isinstance(train, TrainCategories) else load_lvis(train)
+    va = load_lvis(val)
     by_id = {c['id']: c for c in tr['categories']}
     missing = [c['id'] for c in va['categories'] if c['id'] not in by_id]
     if missing:
@@ -523,14 +533,15 @@ def with_train_frequencies(val: str | os.PathLike | dict, # the validation file 
     return out
 
 # %% ../../nbs/02_data.lvis.ipynb #b06bc477
-def check_train_val(train: str | os.PathLike | dict, # the training file or dict
+def check_train_val(train: str | os.PathLike | dict, # the training file or dict, or its `TrainCategories`
                     val: str | os.PathLike | dict, # the validation file or dict
                     extra_categories: str = 'refuse', # val categories absent from train: 'refuse' or 'drop'
                    ) -> LVISDict:
     "Match the validation set's categories to the training set's by id (see above); return it with their frequencies."
     if extra_categories not in ('refuse', 'drop'):
         raise ValueError(f"extra_categories must be 'refuse' or 'drop', got {extra_categories!r}")
-    tr, va = check_train_set(train), load_lvis(val)
+    tr = train if isinstance(train, TrainCategories) else check_train_set(train)  # a cached set gives its categories
+    va = load_lvis(val)
     for key in ('images', 'annotations'):
         if not va[key]:
             raise DatasetError(f"{va.source}: the validation file holds no {key}: there is nothing to evaluate")

@@ -145,9 +145,12 @@ def evaluate_detector(model: torch.nn.Module, # the detector (unwrapped)
 def checkpoint_classes(source # the training set: an LVISDetection, an LVIS dict or annotation file
                       ) -> dict:
     "The record of the model's classes a checkpoint stores as 'classes': ids, names, image counts, frequency, images."
-    lvis = source.lvis if hasattr(source, 'lvis') else load_lvis(source)  # a file is read once
-    stats = source.class_statistics() if hasattr(source, 'class_statistics') else class_statistics(lvis)
-    names = {c['id']: c.get('name') or str(c['id']) for c in lvis['categories']}
+    if hasattr(source, 'training_categories'):  # a data set: its (cached) categories, the file is not read again
+        cats, stats = source.training_categories()['categories'], source.class_statistics()
+    else:
+        lvis = load_lvis(source)  # a file is read once
+        cats, stats = lvis['categories'], class_statistics(lvis)
+    names = {c['id']: c.get('name') or str(c['id']) for c in cats}
     ids = [int(i) for i in stats.category_ids]
     return {'category_ids': ids, 'names': [names[i] for i in ids], 'image_counts': [int(c) for c in stats.image_counts],
             'num_images': int(stats.num_images), 'frequency': list(stats.frequency)}

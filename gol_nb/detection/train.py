@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
-from ..data import (LVISDetection, detection_collate, RepeatFactorSampler, check_train_set, check_train_val,
+from ..data import (LVISDetection, detection_collate, RepeatFactorSampler, check_train_val,
                          check_images, resolve_data)
 from ..engine import (atomic_write_json, atomic_write_text, init_distributed, cleanup_distributed, DistInfo,
                            seed_everything, JSONLLogger, config_to_dict, prepare_run, RunState, check_state_shapes,
@@ -43,11 +43,14 @@ def config_lr(cfg: DetConfig, # the run's config: base_lr, base_batch, batch_siz
 class SimulatedCrash(RuntimeError):
     "Raised after `stop_after` iterations, to test resuming a killed run."
 
-def load_data(paths: dict # from `resolve_data`
-             ) -> tuple[dict, dict]:
-    "(train, val) annotations, checked: a usable training set, val categories matched to training ones by id."
-    train = check_train_set(paths['train_ann'])
-    return train, check_train_val(train, paths['val_ann'])
+def load_data(cfg: DetConfig, # the run's configuration (scales, flips, seed)
+              paths: dict,    # from `resolve_data`
+             ) -> tuple[LVISDetection, LVISDetection]:
+    "(train, val) data sets, checked: the training file through the machine's annotation cache, val matched to it."
+    train = LVISDetection(paths['train_ann'], paths['train_images'], train=True, scales=tuple(cfg.train_scales),
+                          max_size=cfg.max_size, flip_prob=cfg.flip_prob, seed=cfg.seed)  # parsed once a machine
+    val = check_train_val(train.training_categories(), paths['val_ann'])
+    return train, LVISDetection(val, paths['val_images'], train=False, scales=(cfg.test_size,), max_size=cfg.max_size)
 
 def check_run(cfg: DetConfig,          # the run's configuration
               nproc: int = 1,          # processes the run will use
@@ -57,9 +60,10 @@ def check_run(cfg: DetConfig,          # the run's configuration
     cfg = validate_config(cfg)
     paths = resolve_data(cfg)  # missing files fail here, naming the config field
     if nproc > 1 or images:  # a single process loads the files itself, at once, before writing anything
-        train, val = load_data(paths)
+        train, val = load_data(cfg, paths)  # the launcher builds the annotation cache: the ranks only map it
         if images:
-            for name, lvis, root in (('train', train, paths['train_images']), ('val', val, paths['val_images'])):
+            for name, lvis, root in (('train', paths['train_ann'], paths['train_images']),
+                                     ('val', val.lvis, paths['val_images'])):
                 report = check_images(lvis, root)
                 print(f'{name} images: {report}', flush=True)
                 report.raise_if_bad()
@@ -122,10 +126,7 @@ def _set_up(cfg: DetConfig) -> DetLoop:
     paths = _resolve_data(cfg, info)
     run = prepare_run(cfg, world_size=info.world_size, rank=info.rank)  # refuses a used folder / a changed config
     seed_everything(cfg.seed + info.rank, deterministic=cfg.deterministic)
-    train_lvis, val_lvis = load_data(paths)
-    train_ds = LVISDetection(train_lvis, paths['train_images'], train=True, scales=tuple(cfg.train_scales),
-                             max_size=cfg.max_size, flip_prob=cfg.flip_prob, seed=cfg.seed)
-    val_ds = LVISDetection(val_lvis, paths['val_images'], train=False, scales=(cfg.test_size,), max_size=cfg.max_size)
+    train_ds, val_ds = load_data(cfg, paths)
     classes = checkpoint_classes(train_ds)
     model = detector_from_config(cfg, train_ds.class_statistics()).to(info.device)
     params = [p for p in model.parameters() if p.requires_grad]
