@@ -14,7 +14,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 from .engine import (prepare_run, RunGuard, DistInfo, init_distributed, cleanup_distributed, barrier, JSONLLogger,
                      atomic_write_json, atomic_write_text, config_to_dict, trainer_parser, parse_trainer_args,
-                     run_trainer_cli, train_or_launch)
+                     run_trainer_cli, train_or_launch, Launch)
 from .data import load_lvis, check_train_val, resolve_data
 from .mmdet_plugin import MMDET_CONFIG_INFO
 # the run's config and the hooks, also importable from here (`from gol_nb.mmdet_runner import get_mmdet_config`)
@@ -183,7 +183,7 @@ def _rank_env(cfg: MMDetConfig, env: dict | None = None) -> dict:
 
 def run_mmdet(config: str,                 # an MMDET_CONFIGS name, an mmdet config file or a run's config.yaml
               overrides: list[str] | dict | None = None, # ['output_dir=runs/x', 'epochs=1', 'model.rpn_head...=']
-              nproc: int = 1,              # processes (GPUs; with device=cpu, CPU processes)
+              nproc: int | Launch = 1,     # processes (GPUs; with device=cpu, CPU processes), or a Launch of nodes
               env: dict | None = None,     # extra environment of the torchrun processes
              ) -> dict:
     "Train and evaluate an mmdetection config with gol_nb's run folder; return the metrics (also in metrics.json)."

@@ -15,7 +15,7 @@ import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 from ..losses import build_loss
-from ..engine import (RunConfig, check_run_config, atomic_write_json, init_distributed, cleanup_distributed,
+from ..engine import (Launch, RunConfig, check_run_config, atomic_write_json, init_distributed, cleanup_distributed,
                            seed_everything, JSONLLogger, apply_overrides, load_config, load_checkpoint,
                            config_to_dict, DistInfo, prepare_run, RunState, check_state_shapes, RunGuard,
                            RunInterrupted, restore_rng_state, checkpoint_step, train_or_launch, scaled_lr, schedule_lr,
@@ -506,7 +506,7 @@ def check_run(cfg: ClsConfig, # the run's config
     return cfg
 
 def launch(cfg: ClsConfig, # config to run
-           nproc: int = 1, # processes; 1 runs in this process
+           nproc: int | Launch = 1, # processes (1 runs in this process), or a Launch of several nodes
            gpus: bool = False, # GPUs asked for by name: fail at once when there are not `nproc` of them
           ) -> dict:
     "Run a config, in this process (nproc=1) or under torchrun; returns the run's results.json."

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from ..data import (LVISDetection, detection_collate, RepeatFactorSampler, check_train_val,
                          check_images, resolve_data)
-from ..engine import (atomic_write_json, atomic_write_text, init_distributed, cleanup_distributed, DistInfo,
+from ..engine import (Launch, atomic_write_json, atomic_write_text, init_distributed, cleanup_distributed, DistInfo,
                            seed_everything, JSONLLogger, config_to_dict, prepare_run, RunState, check_state_shapes,
                            RunGuard, RunInterrupted, scaled_lr, schedule_lr, trainer_parser, parse_trainer_args,
                            run_trainer_cli, OneLineParser, unlock_run_folder, checkpoint_step, restore_rng_state,
@@ -323,7 +323,7 @@ def _train(cfg: DetConfig) -> Optional[dict]:
 
 # %% ../../nbs/04c_detection.train.ipynb #ffdc30dc
 def run_training(cfg: DetConfig,           # the run's configuration
-                 nproc: int = 1,           # processes (GPUs; CPU processes with device=cpu)
+                 nproc: int | Launch = 1,  # processes (GPUs; CPU processes with device=cpu), or a Launch of nodes
                  env: Optional[dict] = None, # extra environment for the torchrun processes
                  gpus: bool = False,       # GPUs asked for by name: fail at once when there are not `nproc` of them
                 ) -> dict:
