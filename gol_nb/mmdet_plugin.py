@@ -154,8 +154,7 @@ def _register_dense_losses() -> dict[str, type]:
 DENSE_LOSSES = _register_dense_losses()
 
 # %% ../nbs/08_mmdet_plugin.ipynb #7931b98b
-from . import __version__ as _gol_nb_version
-_DATA_LIST_VERSION = 'gol-mmdet-data-list-1'  # a new way of building the list gets a new cache key
+_DATA_LIST_VERSION = 'gol-mmdet-data-list-1'  # bumped when the list's making changes: a new cache key
 
 def serialized_subset(data: np.ndarray, # (B,) uint8 pickled data infos back to back (mmengine's `data_bytes`)
                       ends: np.ndarray, # (N,) int64 end offset of each info (mmengine's `data_address`)
@@ -227,7 +226,6 @@ class GolLVISDataset(CocoDataset):
         "Everything besides the file's content that changes the serialized list (not the pipeline: it runs later)."
         canon = lambda v: json.dumps(v, sort_keys=True, default=str)
         return dict(dataset=f'{type(self).__module__}.{type(self).__qualname__}', mmdet=mmdet.__version__,
-                    gol_nb=_gol_nb_version,
                     data_prefix=canon(self.data_prefix), filter_cfg=canon(self.filter_cfg), test_mode=self.test_mode,
                     seg_map_suffix=self.seg_map_suffix, return_classes=self.return_classes,
                     caption_prompt=canon(self.caption_prompt), images=image_folders(self.data_prefix.get('img') or '.'))
