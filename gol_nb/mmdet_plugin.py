@@ -4,8 +4,10 @@
 
 # %% ../nbs/08_mmdet_plugin.ipynb #1ea53f01
 from __future__ import annotations
-import contextlib, functools, io, os, warnings
+import contextlib, functools, gc, io, json, os, warnings
 from pathlib import Path
+from typing import Sequence
+import numpy as np
 import torch
 # mmdet's FasterCocoMetric module warns at import (when mmdet registers its modules) that faster_coco_eval is missing
 # and "metrics will not be computed": true of that one metric only, which no gol_nb config uses (they evaluate with
@@ -23,6 +25,8 @@ print(''.join(l for l in _import_output.getvalue().splitlines(True) if 'Could no
 from mmengine.evaluator import BaseMetric
 from .losses import CLASS_STATS_LOSSES, build_loss
 from .data import load_lvis, class_statistics, check_train_val, LVISDetection
+from .data.cache import AnnotationCache, CacheUnavailable, cached
+from .data.dataset import _trim_heap
 from .evaluate import Detections, LVISGroundTruth, run_lvis_eval
 from .detection.presets import PresetInfo
 from .detection.inference import to_lvis_detections, evaluate_detections
@@ -30,7 +34,8 @@ from .detection.inference import to_lvis_detections, evaluate_detections
 # %% auto #0
 __all__ = ['MMDET_NAMES', 'DENSE_NAMES', 'CLASS_STATS_TYPES', 'MMDET_LOSSES', 'DENSE_LOSSES', 'CONFIG_DIR', 'PAPER_CONFIGS',
            'PAPER_CONFIG_INFO', 'BASELINE_CONFIGS', 'BASELINE_CONFIG_INFO', 'MMDET_CONFIGS', 'MMDET_CONFIG_INFO',
-           'MMDetLoss', 'MMDetDenseLoss', 'GolLVISDataset', 'GolLVISMetric', 'set_classes']
+           'MMDetLoss', 'MMDetDenseLoss', 'serialized_subset', 'image_folders', 'GolLVISDataset', 'GolLVISMetric',
+           'set_classes']
 
 # %% ../nbs/08_mmdet_plugin.ipynb #bec6206b
 MMDET_NAMES = {'softmax': 'GolSoftmaxLoss', 'sigmoid': 'GolSigmoidLoss', 'gumbel': 'GumbelLoss',
@@ -149,9 +154,43 @@ def _register_dense_losses() -> dict[str, type]:
 DENSE_LOSSES = _register_dense_losses()
 
 # %% ../nbs/08_mmdet_plugin.ipynb #7931b98b
+_DATA_LIST_VERSION = 'gol-mmdet-data-list-1'  # bumped when the list's making changes: a new cache key
+
+def serialized_subset(data: np.ndarray, # (B,) uint8 pickled data infos back to back (mmengine's `data_bytes`)
+                      ends: np.ndarray, # (N,) int64 end offset of each info (mmengine's `data_address`)
+                      indices: int | Sequence[int], # mmengine's `indices`: the first n (n >= 0), the last -n, or a list
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    "The serialized infos mmengine keeps for `indices`: a slice of `data` (no copy) where they follow each other."
+    if not isinstance(indices, (int, Sequence)):
+        raise TypeError(f"indices should be an int or a sequence of int, got {type(indices).__name__}")
+    pos = np.arange(len(ends))
+    pos = (pos[:indices] if indices >= 0 else pos[indices:]) if isinstance(indices, int) else pos[list(indices)]
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    if len(pos) and (np.diff(pos) == 1).all():
+        a = starts[pos[0]]
+        return data[a:ends[pos[-1]]], ends[pos[0]:pos[-1] + 1] - a
+    parts = [data[starts[i]:ends[i]] for i in pos]
+    return (np.concatenate(parts) if parts else np.zeros(0, np.uint8)), np.cumsum(ends[pos] - starts[pos])
+
+def image_folders(root: str | os.PathLike, # where the images are looked up (mmdet's `data_prefix['img']`)
+                 ) -> list[tuple[str, int]]:
+    "(name, mtime) of `root` and of its sub-folders: an image added or removed there changes them (part of the key)."
+    try:
+        with os.scandir(root) as entries: subs = sorted((e.name, e.stat().st_mtime_ns) for e in entries if e.is_dir())
+        return [('.', os.stat(root).st_mtime_ns)] + subs
+    except OSError: return []
+
+# %% ../nbs/08_mmdet_plugin.ipynb #eec7f6c2
 class GolLVISDataset(CocoDataset):
     "An LVIS-format set read with gol_nb's loader; class names (and their order) come from the annotation file."
     METAINFO = {'classes': (), 'palette': None}
+
+    def __init__(self, *args,
+                 cache: bool = True, # a file's serialized data list from the machine's annotation cache
+                 cache_dir: str | None = None, # folder of annotation caches (see `gol_nb.data.annotation_cache_dir`)
+                 **kwargs): # mmdet's `CocoDataset` arguments
+        self.use_cache, self.cache_dir, self.cache = cache, cache_dir, None
+        super().__init__(*args, **kwargs)
 
     def load_data_list(self) -> list[dict]:
         lvis = load_lvis(self.ann_file)
@@ -169,6 +208,58 @@ class GolLVISDataset(CocoDataset):
             info = dict(im, img_id=im['id'], file_name=os.path.relpath(images.image_path(i), root))
             data.append(self.parse_data_info({'raw_ann_info': anns, 'raw_img_info': info}))
         return data
+
+    def full_init(self) -> None:
+        "mmengine's `full_init`; a file's serialized list comes from the annotation cache (built once per machine)."
+        if self._fully_initialized: return
+        if self.use_cache and self.serialize_data and self.proposal_file is None and os.path.isfile(self.ann_file):
+            try: self.cache = cached(self.ann_file, self._write_data_list, _DATA_LIST_VERSION, self.cache_dir,
+                                     **self._cache_options())
+            except CacheUnavailable as e: warnings.warn(f"{e}: {self.ann_file} is parsed in this process instead")
+        if self.cache is None: return super().full_init()
+        if self.cache.built: gc.collect(); _trim_heap()  # the parsed json and list are garbage: give their pages back
+        for category, message in self.cache.meta['warnings']: warnings.warn(message, category, stacklevel=2)
+        self._attach(self.cache)
+        self._fully_initialized = True
+
+    def _cache_options(self) -> dict:
+        "Everything besides the file's content that changes the serialized list (not the pipeline: it runs later)."
+        canon = lambda v: json.dumps(v, sort_keys=True, default=str)
+        return dict(dataset=f'{type(self).__module__}.{type(self).__qualname__}', mmdet=mmdet.__version__,
+                    data_prefix=canon(self.data_prefix), filter_cfg=canon(self.filter_cfg), test_mode=self.test_mode,
+                    seg_map_suffix=self.seg_map_suffix, return_classes=self.return_classes,
+                    caption_prompt=canon(self.caption_prompt), images=image_folders(self.data_prefix.get('img') or '.'))
+
+    def _write_data_list(self, folder: Path) -> dict:
+        "Load, filter and serialize the list as mmengine does, into `folder`; the class metadata and the warnings."
+        with warnings.catch_warnings(record=True) as caught:  # replayed by every process that maps the cache
+            warnings.simplefilter('always')
+            self.data_list = self.load_data_list()
+            self.data_list = self.filter_data()
+            data, ends = self._serialize_data()
+        np.save(folder / 'data_bytes.npy', data); np.save(folder / 'data_address.npy', ends)
+        return dict(classes=self._metainfo['classes'], cat_ids=self.cat_ids, cat2label=self.cat2label,
+                    cat_img_map=self.cat_img_map, warnings=[(w.category, str(w.message)) for w in caught])
+
+    def _attach(self, c: AnnotationCache):
+        "The class metadata and the mapped serialized list (its `indices` subset) of the cache."
+        m = c.meta
+        self._metainfo['classes'], self.cat_ids, self.cat2label = m['classes'], m['cat_ids'], m['cat2label']
+        self.cat_img_map, self.data_list = m['cat_img_map'], []
+        data, ends = c.arrays['data_bytes'], c.arrays['data_address']
+        self.data_bytes, self.data_address = (data, ends) if self._indices is None else serialized_subset(
+            data, ends, self._indices)
+
+    def __getstate__(self) -> dict:
+        "Pickled (to a spawned worker) without the mapped list: the worker maps the cache again."
+        state = self.__dict__.copy()
+        if self.cache is not None and state.get('data_bytes') is self.cache.arrays['data_bytes']:
+            del state['data_bytes'], state['data_address']
+        return state
+
+    def __setstate__(self, state: dict):
+        self.__dict__.update(state)
+        if self.cache is not None and 'data_bytes' not in state: self._attach(self.cache)
 
 DATASETS.register_module(module=GolLVISDataset, force=True)
 

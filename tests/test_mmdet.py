@@ -1,6 +1,7 @@
 """mmdetection engine: the gol_nb losses inside mmdet's heads, every paper config trained on the synthetic set,
-evaluation, and gol_nb's run-folder policy (resume, checkpoint fallback, signals) around mmengine's Runner."""
-import json, math, os, re, signal, subprocess, sys, time
+evaluation, the data set's shared data list, and gol_nb's run-folder policy (resume, checkpoint fallback, signals)
+around mmengine's Runner."""
+import json, math, os, pickle, re, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
@@ -246,6 +247,8 @@ def test_torchrun_two_cpu_processes(tmp_path, monkeypatch):
     assert scaling[0]['total_batch'] == 4  # 2 processes x 2 images
     assert torch.load(latest_checkpoint(out), weights_only=False)['world_size'] == 2
     assert run_status(out) == 'finished'
+    lists = sorted(p.parent.name for p in (tmp_path / 'annotation-cache').glob('*/data_bytes.npy'))
+    assert len(lists) == 2 and lists[0].startswith('lvis_v1_train'), lists  # train and val: one data list per file
 
 
 def _coco_file(lvis_json: Path, images: Path, out: Path) -> Path:
@@ -380,3 +383,71 @@ def test_metric_groups_come_from_the_training_file(tmp_path):
         metric.compute_metrics(metric.results)
         got = dict(zip(metric.per_class['category_id'], metric.per_class['frequency']))
         assert got == expected
+
+
+def _gol_set(syn, **options):
+    "The mmdetection engine's data set on the synthetic training file (no pipeline: data infos only)."
+    from gol_nb.mmdet_plugin import GolLVISDataset
+    return GolLVISDataset(ann_file=str(syn.train_json), data_prefix=dict(img=str(syn.train_images)), **options)
+
+
+def _infos(ds) -> list:
+    return [ds.get_data_info(i) for i in range(len(ds))]
+
+
+@pytest.mark.parametrize('options', [{}, dict(filter_cfg=dict(filter_empty_gt=True, min_size=32)),
+                                     dict(test_mode=True), dict(indices=7), dict(indices=-5),
+                                     dict(indices=[9, 2, -1, 9]), dict(lazy_init=True)])
+def test_cached_data_list_is_mmengines(syn, options):
+    "GolLVISDataset's data list from the annotation cache equals mmengine's own, info by info and byte for byte."
+    parsed, built, mapped = _gol_set(syn, cache=False, **options), _gol_set(syn, **options), _gol_set(syn, **options)
+    want = _infos(parsed)  # (lazy_init: the first get_data_info initializes)
+    assert len(want) >= 4 and all(i['instances'] for i in want) >= ('filter_cfg' in options)
+    assert _infos(built) == want and _infos(mapped) == want
+    assert parsed.cache is None and built.cache.built and not mapped.cache.built
+    assert built.cache.folder == mapped.cache.folder
+    assert bytes(mapped.data_bytes) == bytes(parsed.data_bytes) and (mapped.data_address == parsed.data_address).all()
+    assert (mapped.metainfo, mapped.cat_ids, mapped.cat2label, mapped.cat_img_map) == (
+        parsed.metainfo, parsed.cat_ids, parsed.cat2label, parsed.cat_img_map)
+    assert [mapped.get_cat_ids(i) for i in range(len(mapped))] == [parsed.get_cat_ids(i) for i in range(len(parsed))]
+
+
+def test_data_list_cache_key(tmp_path):
+    "One cache per file content and options (not the pipeline); rebuilt for a new file, a new image folder, damage."
+    syn = make_synthetic_lvis(tmp_path / 'syn', num_train=8, num_val=2, num_classes=4, image_size=64)
+    load = [dict(type='LoadImageFromFile')]
+    first, same = _gol_set(syn), _gol_set(syn, pipeline=load)
+    assert first.cache.built and not same.cache.built and same[0]['img'].shape == (64, 64, 3)
+    other = _gol_set(syn, filter_cfg=dict(filter_empty_gt=True, min_size=40))
+    assert other.cache.built and other.cache.folder != first.cache.folder
+    (syn.train_images / 'extra').mkdir()  # images may now be found elsewhere: a new list
+    moved = _gol_set(syn)
+    assert moved.cache.built and moved.cache.folder != first.cache.folder
+    d = json.loads(syn.train_json.read_text())
+    gone = d['images'].pop()['id']
+    d['annotations'] = [a for a in d['annotations'] if a['image_id'] != gone]
+    syn.train_json.write_text(json.dumps(d))  # the same name, new content
+    fewer = _gol_set(syn)
+    assert fewer.cache.built and len(fewer) == len(first) - 1 == len(_gol_set(syn, cache=False))
+    with open(fewer.cache.folder / 'data_bytes.npy', 'r+b') as f: f.seek(-3, 2); f.write(b'\x00\x01\x02')
+    rebuilt = _gol_set(syn)
+    assert rebuilt.cache.built and _infos(rebuilt) == _infos(_gol_set(syn, cache=False))
+
+
+def test_data_list_cache_fallbacks_and_pickle(syn, tmp_path):
+    "An unwritable cache folder, serialize_data=False or cache=False: mmengine's path; pickled without the mapped list."
+    parsed = _gol_set(syn, cache=False)
+    blocked = tmp_path / 'a-file'
+    blocked.write_text('')
+    with pytest.warns(UserWarning, match=r'a-file/cache is not writable .*is parsed in this process instead'):
+        unwritable = _gol_set(syn, cache_dir=str(blocked / 'cache'))
+    assert unwritable.cache is None and _infos(unwritable) == _infos(parsed)
+    listed = _gol_set(syn, serialize_data=False)
+    assert listed.cache is None and _infos(listed) == _infos(parsed)
+    mapped = _gol_set(syn)
+    blob = pickle.dumps(mapped)  # what a spawned DataLoader worker receives
+    assert len(blob) < len(mapped.data_bytes) // 2, (len(blob), len(mapped.data_bytes))
+    again = pickle.loads(blob)
+    assert again.cache.folder == mapped.cache.folder and _infos(again) == _infos(parsed)
+    subset = _gol_set(syn, indices=[3, 1])  # a gathered subset is the set's own: pickled with it
+    assert _infos(pickle.loads(pickle.dumps(subset))) == _infos(_gol_set(syn, cache=False, indices=[3, 1]))
